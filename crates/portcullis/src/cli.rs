@@ -1,0 +1,187 @@
+//! The command line. Every flag also reads an environment variable: `PORTCULLIS_` plus the
+//! flag's name in capitals (`--listen` ↔ `PORTCULLIS_LISTEN`); `DATABASE_URL`, `REDIS_URL` and
+//! `PORTCULLIS_SECRET_KEY` keep their conventional names.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "A policy gateway for the Model Context Protocol",
+    long_about = "Portcullis sits between AI agents and MCP servers: every tool call is checked \
+                  against a published policy before it reaches the server, and every decision is \
+                  logged."
+)]
+pub struct Cli {
+    /// Log format: human-readable text, or one JSON object per line.
+    #[arg(long, global = true, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the console and the gateway together on one port (self-hosted and development default).
+    Serve(ServerOpts),
+    /// Run the console (control plane) only.
+    Console(ServerOpts),
+    /// Run the gateway (data plane) only; scale it horizontally behind a load balancer.
+    Gateway(ServerOpts),
+    /// Apply pending database migrations, then exit.
+    Migrate(DatabaseOpts),
+    /// Check and explain policy documents.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Classify MCP tools by risk: reads a tools/list result (or {"tools": [...]}) and prints each
+    /// tool's category, risk and evidence.
+    Classify(ClassifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DatabaseOpts {
+    /// PostgreSQL URL. Unset: run an embedded cluster from the machine's PostgreSQL binaries in
+    /// the data directory.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Where Portcullis keeps its files (the embedded database, a generated secret key).
+    #[arg(long, env = "PORTCULLIS_DATA_DIR", default_value = "./.portcullis")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ServerOpts {
+    /// Address to listen on for HTTP (console pages, API, and MCP clients).
+    #[arg(long, env = "PORTCULLIS_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// The URL people and MCP clients reach this instance at (default: http://{listen}).
+    #[arg(long, env = "PORTCULLIS_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// Address of the admin listener (health and Prometheus metrics; keep it private).
+    #[arg(
+        long,
+        env = "PORTCULLIS_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9464"
+    )]
+    pub admin_listen: SocketAddr,
+
+    /// Allow upstream MCP servers on loopback, private, link-local and metadata addresses
+    /// (refused by default: a registered URL must not reach your internal network).
+    #[arg(long, env = "PORTCULLIS_ALLOW_PRIVATE_UPSTREAMS")]
+    pub allow_private_upstreams: bool,
+
+    /// Allow registering stdio MCP servers, which spawn a local command (self-hosted only: it is
+    /// remote code execution for anyone who can register a server).
+    #[arg(long, env = "PORTCULLIS_ALLOW_STDIO_SERVERS")]
+    pub allow_stdio_servers: bool,
+
+    /// Redis URL for rate-limit counters shared between gateway processes (unset: in memory).
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Secret key (at least 32 bytes, base64 or hex) for tokens, sessions and upstream
+    /// credentials. Unset: generated once and kept in the data directory.
+    #[arg(long, env = "PORTCULLIS_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<String>,
+
+    /// Do not apply pending migrations at start.
+    #[arg(long, env = "PORTCULLIS_NO_MIGRATE")]
+    pub no_migrate: bool,
+
+    #[command(flatten)]
+    pub database: DatabaseOpts,
+}
+
+impl ServerOpts {
+    pub fn public_url(&self) -> String {
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen))
+            .trim_end_matches('/')
+            .to_owned()
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate policy documents: prints every problem with its JSON pointer; exits 1 if any
+    /// document is invalid.
+    Check {
+        /// Policy documents (JSON).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Show the decision a policy makes for one call, and the rule that made it.
+    Explain {
+        /// A policy document (JSON).
+        file: PathBuf,
+        /// The tool being called.
+        #[arg(long)]
+        tool: String,
+        /// The call's arguments, as a JSON object.
+        #[arg(long, default_value = "{}")]
+        args: String,
+        /// Treat the tool's definition as changed since the policy was published.
+        #[arg(long)]
+        changed: bool,
+        /// Print the decision as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ClassifyArgs {
+    /// A JSON file: a tools/list result, {"tools": [...]}, or a JSON-RPC response carrying one.
+    pub file: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_server_flag_has_an_environment_variable() {
+        let cmd = Cli::command();
+        let serve = cmd.find_subcommand("serve").unwrap();
+        for arg in serve.get_arguments() {
+            let id = arg.get_id().as_str();
+            if matches!(id, "help" | "version" | "log_format") {
+                continue;
+            }
+            let env = arg
+                .get_env()
+                .unwrap_or_else(|| panic!("--{id} has no environment variable"));
+            let env = env.to_str().unwrap();
+            let expected = match id {
+                "database_url" => "DATABASE_URL".to_owned(),
+                "redis_url" => "REDIS_URL".to_owned(),
+                other => format!("PORTCULLIS_{}", other.to_uppercase()),
+            };
+            assert_eq!(env, expected, "--{id}");
+        }
+    }
+}

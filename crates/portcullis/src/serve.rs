@@ -1,0 +1,185 @@
+//! `serve`, `console`, `gateway` and `migrate`: resolve the database (a URL, or the embedded
+//! default), migrate, bind, and serve until SIGTERM or Ctrl-C.
+
+use std::str::FromStr as _;
+
+use anyhow::Context as _;
+use portcullis_store::PgPool;
+use portcullis_store::embedded::EmbeddedPostgres;
+use tokio::net::TcpListener;
+
+use crate::cli::{DatabaseOpts, ServerOpts};
+
+/// Which planes a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Planes {
+    Both,
+    Console,
+    Gateway,
+}
+
+/// The database a process uses, and the embedded cluster behind it if any (stopped on exit).
+struct Database {
+    pool: PgPool,
+    embedded: Option<EmbeddedPostgres>,
+}
+
+impl Database {
+    async fn open(opts: &DatabaseOpts) -> anyhow::Result<Database> {
+        match &opts.database_url {
+            Some(url) => {
+                let options = sqlx_options(url)?;
+                let pool = portcullis_store::connect(options, 20)
+                    .await
+                    .context("cannot reach the database at DATABASE_URL")?;
+                Ok(Database {
+                    pool,
+                    embedded: None,
+                })
+            }
+            None => {
+                let dir = opts.data_dir.join("postgres");
+                tracing::info!(dir = %dir.display(), "DATABASE_URL is not set: starting the embedded PostgreSQL cluster");
+                let cluster = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&dir))
+                    .await?
+                    .context("cannot start the embedded PostgreSQL cluster")?;
+                cluster.ensure_database("portcullis").await?;
+                let pool =
+                    portcullis_store::connect(cluster.connect_options("portcullis"), 20).await?;
+                Ok(Database {
+                    pool,
+                    embedded: Some(cluster),
+                })
+            }
+        }
+    }
+
+    async fn close(self) {
+        self.pool.close().await;
+        if let Some(cluster) = self.embedded {
+            match tokio::task::spawn_blocking(move || cluster.stop()).await {
+                Ok(Ok(())) => tracing::info!("embedded PostgreSQL cluster stopped"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "could not stop the embedded PostgreSQL cluster")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not stop the embedded PostgreSQL cluster")
+                }
+            }
+        }
+    }
+}
+
+fn sqlx_options(url: &str) -> anyhow::Result<portcullis_store::embedded::PgConnectOptions> {
+    // The URL may hold a password: the error names the problem, never the URL.
+    portcullis_store::embedded::PgConnectOptions::from_str(url)
+        .map_err(|e| anyhow::anyhow!("DATABASE_URL is not a valid PostgreSQL URL: {e}"))
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+pub fn migrate(opts: DatabaseOpts) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let db = Database::open(&opts).await?;
+        let outcome = portcullis_store::migrate(&db.pool).await;
+        db.close().await;
+        outcome?;
+        tracing::info!("migrations applied");
+        Ok(())
+    })
+}
+
+pub fn run(planes: Planes, opts: ServerOpts) -> anyhow::Result<()> {
+    runtime()?.block_on(async move {
+        let db = Database::open(&opts.database).await?;
+        let served = serve(planes, &opts, &db.pool).await;
+        db.close().await;
+        served
+    })
+}
+
+async fn serve(planes: Planes, opts: &ServerOpts, pool: &PgPool) -> anyhow::Result<()> {
+    if opts.no_migrate {
+        tracing::info!("--no-migrate: not applying migrations");
+    } else {
+        portcullis_store::migrate(pool)
+            .await
+            .context("cannot migrate the database")?;
+    }
+    let public_url = opts.public_url();
+    let mut app = axum::Router::new();
+    if planes != Planes::Console {
+        app = app.merge(portcullis_gateway::router(
+            portcullis_gateway::GatewayState { db: pool.clone() },
+        ));
+    } else {
+        app = app.merge(portcullis_gateway::health::router(pool.clone()));
+    }
+    if planes != Planes::Gateway {
+        app = app.merge(portcullis_console::router(
+            portcullis_console::ConsoleState {
+                db: pool.clone(),
+                public_gateway_url: public_url.clone(),
+            },
+        ));
+    }
+
+    let listener = TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", opts.listen))?;
+    let admin = TcpListener::bind(opts.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (admin)", opts.admin_listen))?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        admin = %admin.local_addr()?,
+        public_url,
+        ?planes,
+        "Portcullis is serving"
+    );
+
+    let admin_app = portcullis_gateway::health::router(pool.clone());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let admin_task = tokio::spawn({
+        let mut stop_rx = stop_rx.clone();
+        async move {
+            axum::serve(admin, admin_app)
+                .with_graceful_shutdown(async move {
+                    stop_rx.wait_for(|stop| *stop).await.ok();
+                })
+                .await
+        }
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: finishing requests in flight");
+            stop_tx.send(true).ok();
+        })
+        .await?;
+    drop(stop_rx);
+    admin_task.await??;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        tokio::signal::ctrl_c().await.ok();
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

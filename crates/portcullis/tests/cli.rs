@@ -1,0 +1,295 @@
+//! The `portcullis` binary as a person runs it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn portcullis() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    // Tests decide every setting themselves.
+    for var in [
+        "DATABASE_URL",
+        "REDIS_URL",
+        "PORTCULLIS_SECRET_KEY",
+        "PORTCULLIS_LISTEN",
+        "LOG_FORMAT",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/fixtures")
+        .join(name)
+}
+
+#[test]
+fn policy_check_prints_every_problem_with_its_pointer_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.json");
+    std::fs::write(
+        &good,
+        r#"{"version":"1","default":"deny","hide":["delete_image_set"]}"#,
+    )
+    .unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"version":"2","default":"maybe","tools":{"search_logs":{"rate_limit":{"max":0,"window":60}},"x":{"colour":"red"}}}"#,
+    )
+    .unwrap();
+
+    let ok = portcullis()
+        .args(["policy", "check"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{ok:?}");
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("good.json: ok"));
+
+    let out = portcullis()
+        .args(["policy", "check"])
+        .arg(&good)
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for pointer in [
+        "/version",
+        "/default",
+        "/tools/search_logs/rate_limit/max",
+        "/tools/x/colour",
+    ] {
+        assert!(
+            stdout.contains(&format!("  {pointer}: ")),
+            "{pointer} missing from:\n{stdout}"
+        );
+    }
+    assert!(stdout.contains("bad.json: 4 problems"), "{stdout}");
+}
+
+#[test]
+fn policy_explain_names_the_decision_and_the_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.json");
+    std::fs::write(
+        &file,
+        r#"{"version":"1","default":"allow","hide":["delete_*"],
+            "tools":{"create_refund":{"deny_if":[{"conditions":[{"path":"args.amount","op":"gt","value":10000}],
+                                                 "on_deny":"Refunds over 10000 are not allowed."}]}}}"#,
+    )
+    .unwrap();
+    let run = |tool: &str, args: &str| {
+        let out = portcullis()
+            .args(["policy", "explain"])
+            .arg(&file)
+            .args(["--tool", tool, "--args", args, "--json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let denied = run("create_refund", r#"{"amount": 20000}"#);
+    assert_eq!(denied["decision"], "deny");
+    assert_eq!(denied["rule"], "/tools/create_refund/deny_if/0");
+    assert_eq!(
+        denied["agent_sees"],
+        "[POLICY DENIED] Refunds over 10000 are not allowed."
+    );
+    let hidden = run("delete_bucket", "{}");
+    assert_eq!(hidden["decision"], "hidden");
+    assert_eq!(hidden["rule"], "/hide/0");
+    let allowed = run("list_buckets", "{}");
+    assert_eq!(allowed["decision"], "allow");
+    assert_eq!(allowed["rule"], "/default");
+
+    let bad_args = portcullis()
+        .args(["policy", "explain"])
+        .arg(&file)
+        .args(["--tool", "x", "--args", "[1]"])
+        .output()
+        .unwrap();
+    assert!(!bad_args.status.success());
+    assert!(String::from_utf8_lossy(&bad_args.stderr).contains("--args must be a JSON object"));
+}
+
+#[test]
+fn classify_prints_a_table_of_the_github_fixture() {
+    let out = portcullis()
+        .arg("classify")
+        .arg(fixture("github-mcp-server.tools.json"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let header = stdout.lines().next().unwrap();
+    assert!(
+        header.starts_with("TOOL") && header.contains("CATEGORY") && header.contains("RISK"),
+        "{header}"
+    );
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("delete_file "))
+        .expect("a row for delete_file");
+    assert!(
+        row.contains("destructive") && row.contains("critical"),
+        "{row}"
+    );
+    assert!(stdout.contains("117 tools:"), "{stdout}");
+
+    let json = portcullis()
+        .arg("classify")
+        .arg("--json")
+        .arg(fixture("github-mcp-server.tools.json"))
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["tools"].as_array().unwrap().len(), 117);
+    let get_me = v["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "get_me")
+        .unwrap();
+    assert_eq!(get_me["category"], "read");
+    assert_eq!(get_me["recommended"], serde_json::json!({"rule": {}}));
+}
+
+#[test]
+fn classify_explains_a_file_that_is_not_a_tool_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("x.json");
+    std::fs::write(&file, r#"{"servers": []}"#).unwrap();
+    let out = portcullis().arg("classify").arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("\"tools\" array"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for sub in [
+        &["serve"][..],
+        &["console"],
+        &["gateway"],
+        &["migrate"],
+        &["policy", "check"],
+        &["policy", "explain"],
+        &["classify"],
+    ] {
+        let out = portcullis().args(sub).arg("--help").output().unwrap();
+        assert!(out.status.success(), "{sub:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage:"),
+            "{sub:?}"
+        );
+    }
+    let out = portcullis().args(["serve", "--help"]).output().unwrap();
+    // Help is wrapped to the terminal's width: compare with white space folded.
+    let help = String::from_utf8_lossy(&out.stdout).split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        help.contains("[env: PORTCULLIS_LISTEN=]") && help.contains("[env: DATABASE_URL"),
+        "{help}"
+    );
+}
+
+/// `serve` with no configuration: the embedded cluster is created, migrated and served from; the
+/// process answers health checks and, on SIGTERM, stops the cluster and exits cleanly.
+#[test]
+fn serve_starts_with_no_configuration_and_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = dir.path().join("data");
+    let mut child = portcullis()
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut lines = stderr.lines();
+    let mut listen = None;
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push(line.clone());
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+            && v["fields"]["message"] == "Portcullis is serving"
+        {
+            listen = v["fields"]["listen"].as_str().map(str::to_owned);
+            break;
+        }
+    }
+    let listen = listen.unwrap_or_else(|| panic!("no serving line; stderr:\n{}", seen.join("\n")));
+    // Keep draining stderr so the child never blocks on a full pipe.
+    let drain = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+
+    for path in ["/healthz", "/readyz"] {
+        let (status, body) = http_get(&listen, path);
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    assert!(data.join("postgres/pgdata/PG_VERSION").exists());
+
+    let killed = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    let rest = drain.join().unwrap();
+    assert!(
+        status.success(),
+        "exit {status:?}; stderr:\n{}",
+        rest.join("\n")
+    );
+    assert!(
+        rest.iter()
+            .any(|l| l.contains("embedded PostgreSQL cluster stopped")),
+        "{}",
+        rest.join("\n")
+    );
+    assert!(
+        !data.join("postgres/pgdata/postmaster.pid").exists(),
+        "the cluster is still running"
+    );
+}
+
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (status, body)
+}

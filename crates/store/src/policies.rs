@@ -1,0 +1,245 @@
+//! Policy drafts and immutable published versions.
+//!
+//! A server has one policy, and each agent may have its own on that server (replacing the
+//! server's for that agent). Each policy has a draft, edited freely, and numbered versions,
+//! created by publishing and never changed; `policy_heads` says which version is enforced.
+//! Documents are validated by `portcullis-policy` before they reach this module.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::{Error, Result, new_id};
+
+/// The policy of a server (agent `None`) or of one agent on a server.
+#[derive(Debug, Clone, Serialize)]
+pub struct Policy {
+    pub id: Uuid,
+    pub server_id: Uuid,
+    pub agent_id: Option<Uuid>,
+    pub draft: Value,
+    pub draft_updated_at: DateTime<Utc>,
+    pub published: Option<Version>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Version {
+    pub version: i32,
+    pub document: Value,
+    pub published_at: DateTime<Utc>,
+    pub published_by: Option<Uuid>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionSummary {
+    pub version: i32,
+    pub published_at: DateTime<Utc>,
+    pub published_by: Option<Uuid>,
+}
+
+/// An enforced version as the gateway caches it.
+#[derive(Debug, Clone)]
+pub struct Enforced {
+    pub org_id: Uuid,
+    pub server_id: Uuid,
+    pub agent_id: Option<Uuid>,
+    pub policy_id: Uuid,
+    pub version: i32,
+    pub document: Value,
+    /// `{"tool": "definition hash"}` as reviewed at publish time.
+    pub reviewed_tools: Value,
+}
+
+/// The policy of `server_id` (for `agent_id`, or the server's own), `NotFound` when none exists.
+pub async fn get(
+    pool: &PgPool,
+    org_id: Uuid,
+    server_id: Uuid,
+    agent_id: Option<Uuid>,
+) -> Result<Policy> {
+    let r = sqlx::query!(
+        r#"SELECT p.id, p.server_id, p.agent_id, p.draft, p.draft_updated_at,
+                  v.version AS "version?", v.document AS "document?",
+                  v.published_at AS "published_at?", v.published_by
+           FROM policies p
+           LEFT JOIN policy_heads h ON h.policy_id = p.id
+           LEFT JOIN policy_versions v ON v.id = h.enforced_version_id
+           WHERE p.org_id = $1 AND p.server_id = $2 AND p.agent_id IS NOT DISTINCT FROM $3"#,
+        org_id,
+        server_id,
+        agent_id
+    )
+    .fetch_one(pool)
+    .await?;
+    let published = match (r.version, r.document, r.published_at) {
+        (Some(version), Some(document), Some(published_at)) => Some(Version {
+            version,
+            document,
+            published_at,
+            published_by: r.published_by,
+        }),
+        _ => None,
+    };
+    Ok(Policy {
+        id: r.id,
+        server_id: r.server_id,
+        agent_id: r.agent_id,
+        draft: r.draft,
+        draft_updated_at: r.draft_updated_at,
+        published,
+    })
+}
+
+/// Saves the draft, creating the policy if needed. The server (and agent) must be this
+/// organization's, or `NotFound`.
+pub async fn put_draft(
+    pool: &PgPool,
+    org_id: Uuid,
+    server_id: Uuid,
+    agent_id: Option<Uuid>,
+    document: &Value,
+    user_id: Option<Uuid>,
+) -> Result<Uuid> {
+    let id = sqlx::query_scalar!(
+        "INSERT INTO policies (id, org_id, server_id, agent_id, draft, draft_updated_by)
+         SELECT $1, s.org_id, s.id, $4, $5, $6 FROM servers s WHERE s.org_id = $2 AND s.id = $3
+         ON CONFLICT ON CONSTRAINT policies_server_agent_key
+         DO UPDATE SET draft = EXCLUDED.draft, draft_updated_at = now(),
+                       draft_updated_by = EXCLUDED.draft_updated_by
+         WHERE policies.org_id = $2
+         RETURNING id",
+        new_id(),
+        org_id,
+        server_id,
+        agent_id,
+        document,
+        user_id
+    )
+    .fetch_optional(pool)
+    .await
+    .map_err(|e| match Error::from(e) {
+        // An agent of another organization trips the composite foreign key.
+        Error::Database(sqlx::Error::Database(db)) if db.is_foreign_key_violation() => {
+            Error::NotFound
+        }
+        other => other,
+    })?;
+    id.ok_or(Error::NotFound)
+}
+
+/// Publishes the current draft as the next version and makes it the enforced one. The tool
+/// definitions known now are recorded as reviewed. Gateways hear of it through NOTIFY.
+pub async fn publish(
+    pool: &PgPool,
+    org_id: Uuid,
+    policy_id: Uuid,
+    user_id: Option<Uuid>,
+) -> Result<Version> {
+    let mut tx = pool.begin().await?;
+    let policy = sqlx::query!(
+        "SELECT id, server_id, draft FROM policies WHERE org_id = $1 AND id = $2 FOR UPDATE",
+        org_id,
+        policy_id
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let version = sqlx::query!(
+        r#"INSERT INTO policy_versions (id, org_id, policy_id, version, document, reviewed_tools, published_by)
+           VALUES ($1, $2, $3,
+                   (SELECT COALESCE(max(version), 0) + 1 FROM policy_versions WHERE policy_id = $3),
+                   $4,
+                   (SELECT COALESCE(jsonb_object_agg(name, definition_hash), '{}')
+                    FROM tools WHERE org_id = $2 AND server_id = $5),
+                   $6)
+           RETURNING id, version, document, published_at, published_by"#,
+        new_id(),
+        org_id,
+        policy.id,
+        policy.draft,
+        policy.server_id,
+        user_id
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query!(
+        "INSERT INTO policy_heads (policy_id, org_id, enforced_version_id) VALUES ($1, $2, $3)
+         ON CONFLICT ON CONSTRAINT policy_heads_pkey
+         DO UPDATE SET enforced_version_id = EXCLUDED.enforced_version_id, updated_at = now()",
+        policy.id,
+        org_id,
+        version.id
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Version {
+        version: version.version,
+        document: version.document,
+        published_at: version.published_at,
+        published_by: version.published_by,
+    })
+}
+
+/// The versions of a policy, newest first.
+pub async fn versions(pool: &PgPool, org_id: Uuid, policy_id: Uuid) -> Result<Vec<VersionSummary>> {
+    Ok(sqlx::query_as!(
+        VersionSummary,
+        "SELECT version, published_at, published_by FROM policy_versions
+         WHERE org_id = $1 AND policy_id = $2 ORDER BY version DESC",
+        org_id,
+        policy_id
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+pub async fn version(
+    pool: &PgPool,
+    org_id: Uuid,
+    policy_id: Uuid,
+    version: i32,
+) -> Result<Version> {
+    Ok(sqlx::query_as!(
+        Version,
+        "SELECT version, document, published_at, published_by FROM policy_versions
+         WHERE org_id = $1 AND policy_id = $2 AND version = $3",
+        org_id,
+        policy_id,
+        version
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
+/// Every enforced version of every organization: the gateway's cache at start. This is the one
+/// deliberate cross-tenant read, for the data plane, which serves all tenants.
+pub async fn all_enforced(pool: &PgPool) -> Result<Vec<Enforced>> {
+    Ok(sqlx::query_as!(
+        Enforced,
+        "SELECT p.org_id, p.server_id, p.agent_id, p.id AS policy_id, v.version, v.document,
+                v.reviewed_tools
+         FROM policy_heads h
+         JOIN policies p ON p.id = h.policy_id
+         JOIN policy_versions v ON v.id = h.enforced_version_id"
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// The enforced version of one policy (after a NOTIFY names it); `None` when it has none.
+pub async fn enforced(pool: &PgPool, policy_id: Uuid) -> Result<Option<Enforced>> {
+    Ok(sqlx::query_as!(
+        Enforced,
+        "SELECT p.org_id, p.server_id, p.agent_id, p.id AS policy_id, v.version, v.document,
+                v.reviewed_tools
+         FROM policy_heads h
+         JOIN policies p ON p.id = h.policy_id
+         JOIN policy_versions v ON v.id = h.enforced_version_id
+         WHERE h.policy_id = $1",
+        policy_id
+    )
+    .fetch_optional(pool)
+    .await?)
+}

@@ -1,0 +1,209 @@
+//! Registered upstream MCP servers and their discovered tool catalogs.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::{Result, new_id};
+
+/// How the gateway reaches an upstream.
+#[derive(Debug, Clone, Serialize)]
+pub struct Server {
+    pub id: Uuid,
+    pub org_id: Uuid,
+    pub name: String,
+    pub url: Option<String>,
+    /// argv of a stdio server.
+    pub command: Option<Value>,
+    /// Names of the credential headers (their values are encrypted and never read back here).
+    pub header_names: Vec<String>,
+    pub transport: String,
+    pub protocol_version: Option<String>,
+    pub status: String,
+    pub status_detail: Option<String>,
+    pub last_discovered_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The encrypted upstream secrets of a server, for the gateway and discovery only.
+#[derive(Clone, Default)]
+pub struct ServerSecrets {
+    pub headers_enc: Option<Vec<u8>>,
+    pub env_enc: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ServerSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerSecrets(..)")
+    }
+}
+
+#[derive(Debug)]
+pub struct NewServer<'a> {
+    pub name: &'a str,
+    pub url: Option<&'a str>,
+    pub command: Option<&'a Value>,
+    pub header_names: &'a [String],
+    pub secrets: ServerSecrets,
+    pub transport_requested: &'a str,
+    pub transport: &'a str,
+    pub protocol_version: Option<&'a str>,
+    pub server_info: Option<&'a Value>,
+}
+
+/// A discovered tool, as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct Tool {
+    pub name: String,
+    pub definition: Value,
+    pub definition_hash: String,
+    pub category: String,
+    pub risk: String,
+    pub evidence: Value,
+    pub recommended: Value,
+}
+
+/// Registers a server. `Conflict` on `servers_org_name_key` when the name is taken.
+pub async fn insert(pool: &PgPool, org_id: Uuid, new: &NewServer<'_>) -> Result<Server> {
+    let id = new_id();
+    sqlx::query!(
+        "INSERT INTO servers (id, org_id, name, url, command, header_names, headers_enc, env_enc,
+                              transport_requested, transport, protocol_version, server_info,
+                              last_discovered_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now())",
+        id,
+        org_id,
+        new.name,
+        new.url,
+        new.command,
+        new.header_names,
+        new.secrets.headers_enc.as_deref(),
+        new.secrets.env_enc.as_deref(),
+        new.transport_requested,
+        new.transport,
+        new.protocol_version,
+        new.server_info,
+    )
+    .execute(pool)
+    .await?;
+    get(pool, org_id, id).await
+}
+
+pub async fn get(pool: &PgPool, org_id: Uuid, id: Uuid) -> Result<Server> {
+    Ok(sqlx::query_as!(
+        Server,
+        "SELECT id, org_id, name, url, command, header_names, transport, protocol_version, status,
+                status_detail, last_discovered_at, created_at
+         FROM servers WHERE org_id = $1 AND id = $2",
+        org_id,
+        id
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
+pub async fn list(pool: &PgPool, org_id: Uuid) -> Result<Vec<Server>> {
+    Ok(sqlx::query_as!(
+        Server,
+        "SELECT id, org_id, name, url, command, header_names, transport, protocol_version, status,
+                status_detail, last_discovered_at, created_at
+         FROM servers WHERE org_id = $1 ORDER BY created_at, name",
+        org_id
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+pub async fn secrets(pool: &PgPool, org_id: Uuid, id: Uuid) -> Result<ServerSecrets> {
+    Ok(sqlx::query_as!(
+        ServerSecrets,
+        "SELECT headers_enc, env_enc FROM servers WHERE org_id = $1 AND id = $2",
+        org_id,
+        id
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
+/// Deletes a server with its catalog and policies. `NotFound` when it is not this org's.
+pub async fn delete(pool: &PgPool, org_id: Uuid, id: Uuid) -> Result<()> {
+    let done = sqlx::query!(
+        "DELETE FROM servers WHERE org_id = $1 AND id = $2",
+        org_id,
+        id
+    )
+    .execute(pool)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(crate::Error::NotFound);
+    }
+    Ok(())
+}
+
+/// Replaces the tool catalog of a server with a fresh discovery, in upstream order.
+pub async fn replace_tools(
+    pool: &PgPool,
+    org_id: Uuid,
+    server_id: Uuid,
+    tools: &[Tool],
+) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    // Scoping: the server must be this organization's, or nothing is touched.
+    sqlx::query!(
+        "SELECT id FROM servers WHERE org_id = $1 AND id = $2 FOR UPDATE",
+        org_id,
+        server_id
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query!(
+        "DELETE FROM tools WHERE org_id = $1 AND server_id = $2",
+        org_id,
+        server_id
+    )
+    .execute(&mut *tx)
+    .await?;
+    for (position, tool) in tools.iter().enumerate() {
+        sqlx::query!(
+            "INSERT INTO tools (org_id, server_id, name, position, definition, definition_hash,
+                                category, risk, evidence, recommended)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            org_id,
+            server_id,
+            tool.name,
+            i32::try_from(position).unwrap_or(i32::MAX),
+            tool.definition,
+            tool.definition_hash,
+            tool.category,
+            tool.risk,
+            tool.evidence,
+            tool.recommended,
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query!(
+        "UPDATE servers SET last_discovered_at = now(), status = 'active', status_detail = NULL
+         WHERE org_id = $1 AND id = $2",
+        org_id,
+        server_id
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+pub async fn tools(pool: &PgPool, org_id: Uuid, server_id: Uuid) -> Result<Vec<Tool>> {
+    Ok(sqlx::query_as!(
+        Tool,
+        "SELECT name, definition, definition_hash, category, risk, evidence, recommended
+         FROM tools WHERE org_id = $1 AND server_id = $2 ORDER BY position",
+        org_id,
+        server_id
+    )
+    .fetch_all(pool)
+    .await?)
+}
