@@ -194,7 +194,10 @@ fn every_subcommand_has_help() {
     }
     let out = portcullis().args(["serve", "--help"]).output().unwrap();
     // Help is wrapped to the terminal's width: compare with white space folded.
-    let help = String::from_utf8_lossy(&out.stdout).split_whitespace().collect::<Vec<_>>().join(" ");
+    let help = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
     assert!(
         help.contains("[env: PORTCULLIS_LISTEN=]") && help.contains("[env: DATABASE_URL"),
         "{help}"
