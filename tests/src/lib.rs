@@ -1,6 +1,13 @@
 //! Helpers shared by the end-to-end tests in `tests/`.
+//!
+//! - [`upstream`]: a real MCP server (rmcp, Streamable HTTP) to put behind the gateway.
+//! - [`client`]: a real MCP client (rmcp, Streamable HTTP) to put in front of it.
 
 use std::path::PathBuf;
+
+pub mod client;
+pub mod gateway;
+pub mod upstream;
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {

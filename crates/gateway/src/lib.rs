@@ -1,20 +1,164 @@
 //! The Portcullis data plane (gateway): `/mcp/{server id}` for MCP clients, plus health.
 //!
-//! Exposes [`router`] so the binary can serve it alone (`portcullis gateway`) or merged with the
-//! console (`portcullis serve`), and tests can bind it to port 0.
+//! One file per protocol concern: [`mcp`] (the client-facing Streamable HTTP endpoint),
+//! [`session`] (sealed session ids), [`auth`] (agent keys), [`policies`] (the published-policy
+//! cache), [`limits`] (counters), [`upstreams`] (reaching registered servers), [`activity`]
+//! (the decision log). Exposes [`router`] so the binary can serve it alone or with the console,
+//! and tests can bind it to port 0.
 
+pub mod activity;
+pub mod auth;
 pub mod health;
+pub mod limits;
+pub mod mcp;
+pub mod policies;
+pub mod redis_limits;
+pub mod session;
+pub mod upstreams;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::post;
 use portcullis_store::PgPool;
+use portcullis_store::crypto::{Sealer, SecretKey};
+use uuid::Uuid;
 
-/// What every gateway handler needs.
-#[derive(Clone, Debug)]
-pub struct GatewayState {
-    pub db: PgPool,
+/// Settings of the data plane.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Browser origins allowed to call the MCP endpoint (an `Origin` header not listed → 403;
+    /// requests without `Origin`, as MCP clients send them, pass).
+    pub allowed_origins: Vec<String>,
+    /// Largest request body accepted (413 beyond).
+    pub max_body_bytes: usize,
+    /// Timeout of every upstream call.
+    pub upstream_timeout: Duration,
+    /// Full policy reload interval (NOTIFY brings publishes within a second; this is the net).
+    pub policy_reload: Duration,
+    /// Redis for counters shared by every gateway (None: in this process).
+    pub redis_url: Option<String>,
 }
 
-/// The gateway's routes.
-pub fn router(state: GatewayState) -> Router {
-    Router::new().merge(health::router(state.db.clone()))
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            allowed_origins: Vec::new(),
+            max_body_bytes: 4 * 1024 * 1024,
+            upstream_timeout: Duration::from_secs(60),
+            policy_reload: Duration::from_secs(30),
+            redis_url: None,
+        }
+    }
+}
+
+/// Everything the data plane shares between requests.
+#[derive(Debug)]
+pub struct Gateway {
+    pub db: PgPool,
+    pub config: GatewayConfig,
+    pub agents: Arc<auth::AgentCache>,
+    pub policies: Arc<policies::PolicyCache>,
+    pub sessions: session::SessionSealer,
+    pub upstreams: upstreams::Upstreams,
+    pub counters: limits::Counters,
+    pub activity: activity::ActivitySink,
+    pub list_changed: tokio::sync::broadcast::Sender<Uuid>,
+    pub(crate) mcp: mcp::McpState,
+    origin: Instant,
+}
+
+/// Why the gateway cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot load the published policies: {0}")]
+    Policies(#[from] portcullis_store::Error),
+    #[error("cannot connect to Redis: {0}")]
+    Redis(String),
+    #[error("cannot build the HTTP client: {0}")]
+    Http(String),
+}
+
+impl Gateway {
+    /// Loads the policies (failing closed: no policies, no gateway) and starts the background
+    /// tasks (policy and agent listeners, the activity writer, counter sweeping).
+    pub async fn start(
+        db: PgPool,
+        key: &SecretKey,
+        config: GatewayConfig,
+    ) -> Result<Arc<Gateway>, StartError> {
+        let policies = Arc::new(policies::PolicyCache::new());
+        let n = policies.load_all(&db).await?;
+        tracing::info!(policies = n, "published policies loaded");
+        let http = portcullis_mcp::upstream::client_builder()
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .map_err(|e| StartError::Http(e.to_string()))?;
+        let (list_changed, _) = tokio::sync::broadcast::channel(256);
+        let agents = Arc::new(auth::AgentCache::new(Duration::from_secs(30)));
+        let (activity, _writer) = activity::ActivitySink::spawn(db.clone());
+        let redis = match &config.redis_url {
+            Some(url) => Some(
+                redis_limits::RedisCounters::connect(url)
+                    .await
+                    .map_err(|e| StartError::Redis(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let gateway = Arc::new(Gateway {
+            upstreams: upstreams::Upstreams::new(
+                http,
+                Sealer::new(key, portcullis_store::servers::CREDENTIALS_PURPOSE),
+                config.upstream_timeout,
+                config.max_body_bytes,
+            ),
+            sessions: session::SessionSealer::new(key),
+            counters: limits::Counters {
+                memory: limits::MemoryCounters::new(),
+                redis,
+            },
+            mcp: mcp::McpState::default(),
+            origin: Instant::now(),
+            policies: policies.clone(),
+            agents: agents.clone(),
+            activity,
+            list_changed: list_changed.clone(),
+            config,
+            db: db.clone(),
+        });
+        policies.spawn_refresher(db.clone(), gateway.config.policy_reload, list_changed);
+        agents.spawn_listener(db);
+        let weak = Arc::downgrade(&gateway);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                ticker.tick().await;
+                let Some(gw) = weak.upgrade() else { break };
+                gw.counters.memory.sweep(Instant::now());
+            }
+        });
+        Ok(gateway)
+    }
+
+    pub(crate) async fn reserve(&self, keys: &[limits::LimitKey]) -> limits::Outcome {
+        self.counters
+            .reserve(keys, self.origin.elapsed(), Instant::now())
+            .await
+    }
+}
+
+/// The gateway's routes: the MCP endpoint and health.
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    let max_body = gateway.config.max_body_bytes;
+    let db = gateway.db.clone();
+    Router::new()
+        .route(
+            "/mcp/{server}",
+            post(mcp::post).get(mcp::get).delete(mcp::delete),
+        )
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(gateway)
+        .merge(health::router(db))
 }

@@ -98,6 +98,20 @@ pub struct ServerOpts {
     #[arg(long, env = "PORTCULLIS_SECRET_KEY", hide_env_values = true)]
     pub secret_key: Option<String>,
 
+    /// Browser origins allowed to call the MCP endpoint, comma-separated (the public URL's
+    /// origin is always allowed; requests without an Origin header, as MCP clients send them,
+    /// are not affected).
+    #[arg(long, env = "PORTCULLIS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Largest MCP request body accepted, in bytes (413 beyond).
+    #[arg(long, env = "PORTCULLIS_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Timeout of every upstream call, in seconds (held approvals excepted).
+    #[arg(long, env = "PORTCULLIS_UPSTREAM_TIMEOUT", default_value_t = 60)]
+    pub upstream_timeout: u64,
+
     /// Do not apply pending migrations at start.
     #[arg(long, env = "PORTCULLIS_NO_MIGRATE")]
     pub no_migrate: bool,
@@ -107,6 +121,18 @@ pub struct ServerOpts {
 }
 
 impl ServerOpts {
+    /// The origin (scheme, host, port) of the public URL.
+    pub fn public_origin(&self) -> String {
+        let url = self.public_url();
+        match url.find("://") {
+            Some(i) => match url[i + 3..].find('/') {
+                Some(j) => url[..i + 3 + j].to_owned(),
+                None => url,
+            },
+            None => url,
+        }
+    }
+
     pub fn public_url(&self) -> String {
         self.public_url
             .clone()

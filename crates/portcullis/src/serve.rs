@@ -5,6 +5,7 @@ use std::str::FromStr as _;
 
 use anyhow::Context as _;
 use portcullis_store::PgPool;
+use portcullis_store::crypto::SecretKey;
 use portcullis_store::embedded::EmbeddedPostgres;
 use tokio::net::TcpListener;
 
@@ -111,11 +112,21 @@ async fn serve(planes: Planes, opts: &ServerOpts, pool: &PgPool) -> anyhow::Resu
             .context("cannot migrate the database")?;
     }
     let public_url = opts.public_url();
+    let key = secret_key(opts)?;
     let mut app = axum::Router::new();
     if planes != Planes::Console {
-        app = app.merge(portcullis_gateway::router(
-            portcullis_gateway::GatewayState { db: pool.clone() },
-        ));
+        let mut allowed_origins = opts.allowed_origins.clone();
+        allowed_origins.push(opts.public_origin());
+        let config = portcullis_gateway::GatewayConfig {
+            allowed_origins,
+            max_body_bytes: opts.max_body_bytes,
+            upstream_timeout: std::time::Duration::from_secs(opts.upstream_timeout),
+            redis_url: opts.redis_url.clone(),
+            ..portcullis_gateway::GatewayConfig::default()
+        };
+        // Fails closed: a gateway that cannot load the published policies does not serve.
+        let gateway = portcullis_gateway::Gateway::start(pool.clone(), &key, config).await?;
+        app = app.merge(portcullis_gateway::router(gateway));
     } else {
         app = app.merge(portcullis_gateway::health::router(pool.clone()));
     }
@@ -164,6 +175,23 @@ async fn serve(planes: Planes, opts: &ServerOpts, pool: &PgPool) -> anyhow::Resu
     drop(stop_rx);
     admin_task.await??;
     Ok(())
+}
+
+/// The secret key: PORTCULLIS_SECRET_KEY, or one generated once and kept in the data directory.
+fn secret_key(opts: &ServerOpts) -> anyhow::Result<SecretKey> {
+    match &opts.secret_key {
+        Some(text) => Ok(SecretKey::parse(text).context("PORTCULLIS_SECRET_KEY")?),
+        None => {
+            let (key, generated) = SecretKey::load_or_generate(&opts.database.data_dir)?;
+            let path = opts.database.data_dir.join("secret.key");
+            if generated {
+                tracing::warn!(path = %path.display(), "PORTCULLIS_SECRET_KEY is not set: generated a secret key and kept it in the data directory; set PORTCULLIS_SECRET_KEY in production, the same on every process");
+            } else {
+                tracing::warn!(path = %path.display(), "PORTCULLIS_SECRET_KEY is not set: using the key kept in the data directory");
+            }
+            Ok(key)
+        }
+    }
 }
 
 async fn shutdown_signal() {

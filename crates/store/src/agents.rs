@@ -176,3 +176,108 @@ pub async fn touch(pool: &PgPool, ids: &[Uuid]) -> Result<()> {
     .await?;
     Ok(())
 }
+
+/// The prefix of every agent key.
+pub const KEY_PREFIX: &str = "pcl_";
+/// Base62 characters of the random part (32 bytes need 43).
+const KEY_BODY_LEN: usize = 43;
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// An agent key: `pcl_` + 32 random bytes in base62. Shown once at creation; only its SHA-256
+/// digest and its first characters are stored. `Debug` never prints it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AgentKey(String);
+
+impl std::fmt::Debug for AgentKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AgentKey({}…)", self.prefix())
+    }
+}
+
+impl AgentKey {
+    /// A new random key.
+    pub fn generate() -> Result<AgentKey, crate::crypto::KeyError> {
+        let bytes = crate::crypto::random_bytes::<32>()?;
+        Ok(AgentKey(format!("{KEY_PREFIX}{}", base62(&bytes))))
+    }
+
+    /// A key as presented by a client; `None` when it does not have the shape of one (so a
+    /// malformed key costs no database lookup).
+    pub fn parse(text: &str) -> Option<AgentKey> {
+        let body = text.strip_prefix(KEY_PREFIX)?;
+        (body.len() == KEY_BODY_LEN && body.bytes().all(|b| b.is_ascii_alphanumeric()))
+            .then(|| AgentKey(text.to_owned()))
+    }
+
+    /// The key itself, to show once or to send as a credential.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// What is stored and looked up: SHA-256 of the key. A fast digest is right here: the key
+    /// has 256 random bits, so there is nothing to brute-force.
+    pub fn digest(&self) -> [u8; 32] {
+        crate::crypto::sha256(self.0.as_bytes())
+    }
+
+    /// The first characters, stored so people can tell their keys apart (`pcl_3fX9a1Bc`).
+    pub fn prefix(&self) -> &str {
+        &self.0[..KEY_PREFIX.len() + 8]
+    }
+}
+
+/// Fixed-width base62 of 32 bytes (big-endian), by repeated division.
+fn base62(bytes: &[u8; 32]) -> String {
+    let mut number = bytes.to_vec();
+    let mut digits = Vec::with_capacity(KEY_BODY_LEN);
+    for _ in 0..KEY_BODY_LEN {
+        let mut remainder = 0u32;
+        for byte in number.iter_mut() {
+            let value = (remainder << 8) | u32::from(*byte);
+            *byte = (value / 62) as u8;
+            remainder = value % 62;
+        }
+        digits.push(BASE62[remainder as usize]);
+    }
+    digits.reverse();
+    String::from_utf8(digits).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_have_the_documented_shape_and_never_print() {
+        let key = AgentKey::generate().unwrap();
+        assert!(key.expose().starts_with("pcl_"));
+        assert_eq!(key.expose().len(), 4 + KEY_BODY_LEN);
+        assert_eq!(AgentKey::parse(key.expose()), Some(key.clone()));
+        assert_eq!(key.prefix().len(), 12);
+        assert!(!format!("{key:?}").contains(&key.expose()[12..]));
+        assert_ne!(AgentKey::generate().unwrap(), key);
+        assert_eq!(key.digest(), crate::crypto::sha256(key.expose().as_bytes()));
+    }
+
+    #[test]
+    fn malformed_keys_are_refused_before_any_lookup() {
+        for bad in [
+            "",
+            "pcl_",
+            "pcl_short",
+            "sk_0000000000000000000000000000000000000000000",
+            "pcl_000000000000000000000000000000000000000000!",
+        ] {
+            assert!(AgentKey::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn base62_is_fixed_width() {
+        assert_eq!(base62(&[0; 32]), "0".repeat(KEY_BODY_LEN));
+        assert_eq!(base62(&[0xff; 32]).len(), KEY_BODY_LEN);
+        let mut one = [0u8; 32];
+        one[31] = 61;
+        assert!(base62(&one).ends_with('z'));
+    }
+}

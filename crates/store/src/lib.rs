@@ -6,7 +6,9 @@
 //! every published policy say so in their names and docs. Queries are checked at compile time
 //! against the schema in `migrations/` (offline data in `.sqlx/`).
 
+pub mod activity;
 pub mod agents;
+pub mod crypto;
 pub mod embedded;
 pub mod orgs;
 pub mod policies;

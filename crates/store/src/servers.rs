@@ -207,3 +207,72 @@ pub async fn tools(pool: &PgPool, org_id: Uuid, server_id: Uuid) -> Result<Vec<T
     .fetch_all(pool)
     .await?)
 }
+
+/// The hash a tool definition is reviewed under: SHA-256 (hex) of the canonical JSON (keys
+/// sorted, no white space) of its description, input schema and annotations. A change of any of
+/// these makes the tool "changed" for `changed_tools`; a new title or icon does not.
+pub fn definition_hash(tool: &Value) -> String {
+    let reviewed = serde_json::json!({
+        "description": tool.get("description").cloned().unwrap_or(Value::Null),
+        "inputSchema": tool.get("inputSchema").cloned().unwrap_or(Value::Null),
+        "annotations": tool.get("annotations").cloned().unwrap_or(Value::Null),
+    });
+    let mut canonical = String::new();
+    write_canonical(&reviewed, &mut canonical);
+    crate::crypto::sha256(canonical.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn write_canonical(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::from(key.as_str()).to_string());
+                out.push(':');
+                write_canonical(&map[key], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// The purpose under which credential headers and stdio environments are sealed (with the
+/// server's id as associated data, so a ciphertext cannot be moved to another server).
+pub const CREDENTIALS_PURPOSE: &str = "upstream-credentials";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn definition_hash_ignores_key_order_and_title_but_not_schema() {
+        let a = json!({"name": "t", "description": "d", "inputSchema": {"type": "object", "properties": {"x": {"type": "string"}}}});
+        let b = json!({"inputSchema": {"properties": {"x": {"type": "string"}}, "type": "object"}, "title": "T", "description": "d", "name": "t"});
+        assert_eq!(definition_hash(&a), definition_hash(&b));
+        let c = json!({"name": "t", "description": "d", "inputSchema": {"type": "object", "properties": {"x": {"type": "number"}}}});
+        assert_ne!(definition_hash(&a), definition_hash(&c));
+        let d = json!({"name": "t", "description": "d", "inputSchema": a["inputSchema"], "annotations": {"readOnlyHint": true}});
+        assert_ne!(definition_hash(&a), definition_hash(&d));
+        assert_eq!(definition_hash(&a).len(), 64);
+    }
+}

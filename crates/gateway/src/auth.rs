@@ -1,0 +1,156 @@
+//! Agent authentication on every request, from an in-memory cache.
+//!
+//! A key is looked up by its SHA-256 digest. Results (found or not) are cached for `ttl`;
+//! PostgreSQL announces every change to an agent (`NOTIFY portcullis_agent`: revoke, rotate,
+//! grants) and the cache drops that agent at once, so a revoked key stops working within a
+//! second on every gateway. The TTL bounds staleness if a notification is ever lost.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use portcullis_store::PgPool;
+use portcullis_store::agents::{self, Agent, AgentKey};
+use uuid::Uuid;
+
+/// Why a request is not authenticated. Both answer 401 with `WWW-Authenticate: Bearer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthError {
+    /// No `Authorization: Bearer` header.
+    Missing,
+    /// Malformed, unknown or revoked key.
+    Invalid,
+}
+
+/// A lookup failed for lack of the database, and the key is not cached.
+#[derive(Debug)]
+pub struct Unavailable;
+
+/// Key digest → the agent (or none: an unknown key), and when it was looked up.
+type Entries = HashMap<[u8; 32], (Option<Arc<Agent>>, Instant)>;
+
+#[derive(Debug)]
+pub struct AgentCache {
+    ttl: Duration,
+    entries: Mutex<Entries>,
+}
+
+impl AgentCache {
+    pub fn new(ttl: Duration) -> Self {
+        AgentCache {
+            ttl,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The agent behind an `Authorization` header value.
+    pub async fn authenticate(
+        &self,
+        db: &PgPool,
+        header: Option<&str>,
+    ) -> Result<Result<Arc<Agent>, AuthError>, Unavailable> {
+        let Some(token) = header.and_then(bearer) else {
+            return Ok(Err(AuthError::Missing));
+        };
+        let Some(key) = AgentKey::parse(token) else {
+            return Ok(Err(AuthError::Invalid));
+        };
+        let digest = key.digest();
+        let cached = {
+            let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            entries
+                .get(&digest)
+                .filter(|(_, at)| at.elapsed() < self.ttl)
+                .map(|(agent, _)| agent.clone())
+        };
+        let agent = match cached {
+            Some(agent) => agent,
+            None => {
+                let found = match agents::by_key_hash(db, &digest).await {
+                    Ok(found) => found.map(Arc::new),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot look up an agent key");
+                        // A stale entry is better than refusing a known agent while the
+                        // database is away; revocations that happened meanwhile arrive with it.
+                        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+                        return match entries.get(&digest) {
+                            Some((Some(agent), _)) => Ok(Ok(agent.clone())),
+                            Some((None, _)) => Ok(Err(AuthError::Invalid)),
+                            None => Err(Unavailable),
+                        };
+                    }
+                };
+                let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+                entries.insert(digest, (found.clone(), Instant::now()));
+                found
+            }
+        };
+        match agent {
+            Some(agent) if agent.revoked_at.is_none() => Ok(Ok(agent)),
+            _ => Ok(Err(AuthError::Invalid)),
+        }
+    }
+
+    /// Drops every cached entry of this agent.
+    pub fn forget(&self, agent_id: Uuid) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|_, (agent, _)| agent.as_ref().is_none_or(|a| a.id != agent_id));
+    }
+
+    /// Drops everything (after the notification channel was lost).
+    pub fn clear(&self) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// Listens for agent changes and forgets the agents named.
+    pub fn spawn_listener(self: Arc<Self>, db: PgPool) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                let mut listener = match sqlx::postgres::PgListener::connect_with(&db).await {
+                    Ok(l) => l,
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                if listener.listen("portcullis_agent").await.is_err() {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                // Changes made while we were not listening are unknown: start afresh.
+                self.clear();
+                while let Ok(Some(note)) = listener.try_recv().await {
+                    if let Ok(id) = note.payload().parse::<Uuid>() {
+                        self.forget(id);
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` value (scheme case-insensitive).
+pub fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens() {
+        assert_eq!(bearer("Bearer pcl_x"), Some("pcl_x"));
+        assert_eq!(bearer("bearer   pcl_x "), Some("pcl_x"));
+        assert_eq!(bearer("Basic dXNlcg=="), None);
+        assert_eq!(bearer("Bearer "), None);
+        assert_eq!(bearer("pcl_x"), None);
+    }
+}

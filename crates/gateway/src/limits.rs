@@ -1,0 +1,396 @@
+//! Rate-limit and spend counters: reservation before forwarding, release when the call is not
+//! forwarded or the upstream fails.
+//!
+//! Windows slide: a limit of N per hour counts the calls of the last hour at any instant, not
+//! since the top of the hour. Each counter keeps its window as 60 sub-buckets (for a one-minute
+//! window, one per second), so memory per counter is bounded whatever the traffic, and the
+//! window slides in steps of 1/60 of its length. A reservation checks every limit of a decision
+//! and takes all of them or none.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Sub-buckets per window.
+const SLOTS: u32 = 60;
+
+/// One limit to reserve against, with its full key (scope ids included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitKey {
+    pub key: String,
+    pub max: u64,
+    pub window: Duration,
+    pub increment: u64,
+}
+
+/// One amount taken from one counter's sub-bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Taken {
+    pub key: String,
+    pub slot: u64,
+    pub amount: u64,
+}
+
+/// What was taken, to give back on release.
+#[derive(Debug, Clone, Default)]
+pub struct Reservation {
+    taken: Vec<Taken>,
+    /// Taken in Redis rather than in this process.
+    remote: bool,
+}
+
+impl Reservation {
+    pub(crate) fn remote(taken: Vec<Taken>) -> Self {
+        Reservation {
+            taken,
+            remote: true,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.taken.is_empty()
+    }
+}
+
+/// The answer to a reservation.
+#[derive(Debug)]
+pub enum Outcome {
+    Reserved(Reservation),
+    /// The limit at this index of the request is exhausted; retry after this long.
+    Exhausted {
+        index: usize,
+        retry_after: Duration,
+    },
+}
+
+/// Counters kept in this process.
+#[derive(Debug, Default)]
+pub struct MemoryCounters {
+    counters: Mutex<HashMap<String, Window>>,
+}
+
+#[derive(Debug)]
+struct Window {
+    span: Duration,
+    /// (slot number, amount), oldest first.
+    slots: VecDeque<(u64, u64)>,
+    total: u64,
+    last_used: Instant,
+}
+
+impl Window {
+    fn slot_len(span: Duration) -> Duration {
+        (span / SLOTS).max(Duration::from_millis(1))
+    }
+
+    fn slot_of(span: Duration, at: Duration) -> u64 {
+        (at.as_nanos() / Window::slot_len(span).as_nanos()) as u64
+    }
+
+    fn expire(&mut self, now_slot: u64) {
+        while let Some(&(slot, amount)) = self.slots.front() {
+            if slot + u64::from(SLOTS) <= now_slot {
+                self.slots.pop_front();
+                self.total -= amount;
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// How long until `needed` more fits under `max`.
+    fn retry_after(&self, needed: u64, max: u64, now: Duration) -> Duration {
+        let slot_len = Window::slot_len(self.span);
+        let mut freed = 0;
+        for &(slot, amount) in &self.slots {
+            freed += amount;
+            if self.total - freed + needed <= max {
+                let expires = slot_len * (slot as u32 + SLOTS);
+                return expires.saturating_sub(now).max(Duration::from_secs(1));
+            }
+        }
+        // More than the limit at once can never pass; answer the whole window.
+        self.span
+    }
+}
+
+impl MemoryCounters {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Reserves every limit, or none. `now` is time since an arbitrary fixed origin.
+    pub fn reserve_at(&self, limits: &[LimitKey], now: Duration, clock: Instant) -> Outcome {
+        let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        // Check all first (several limits may share a counter: add up what each asks of it).
+        let mut asked: HashMap<&str, u64> = HashMap::new();
+        for (index, limit) in limits.iter().enumerate() {
+            let wanted = asked.entry(limit.key.as_str()).or_insert(0);
+            *wanted += limit.increment;
+            let now_slot = Window::slot_of(limit.window, now);
+            let current = match counters.get_mut(&limit.key) {
+                Some(w) => {
+                    w.expire(now_slot);
+                    w.total
+                }
+                None => 0,
+            };
+            if current + *wanted > limit.max {
+                let retry_after = match counters.get(&limit.key) {
+                    Some(w) if limit.increment <= limit.max => {
+                        w.retry_after(*wanted, limit.max, now)
+                    }
+                    _ => limit.window,
+                };
+                return Outcome::Exhausted { index, retry_after };
+            }
+        }
+        let mut reservation = Reservation::default();
+        for limit in limits {
+            if limit.increment == 0 {
+                continue;
+            }
+            let slot = Window::slot_of(limit.window, now);
+            let window = counters.entry(limit.key.clone()).or_insert_with(|| Window {
+                span: limit.window,
+                slots: VecDeque::new(),
+                total: 0,
+                last_used: clock,
+            });
+            window.last_used = clock;
+            match window.slots.back_mut() {
+                Some((s, amount)) if *s == slot => *amount += limit.increment,
+                _ => window.slots.push_back((slot, limit.increment)),
+            }
+            window.total += limit.increment;
+            reservation.taken.push(Taken {
+                key: limit.key.clone(),
+                slot,
+                amount: limit.increment,
+            });
+        }
+        Outcome::Reserved(reservation)
+    }
+
+    /// Gives back what a reservation took (if it has not expired already).
+    pub fn release(&self, reservation: Reservation) {
+        let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        for Taken { key, slot, amount } in reservation.taken {
+            if let Some(w) = counters.get_mut(&key)
+                && let Some(entry) = w.slots.iter_mut().find(|(s, _)| *s == slot)
+            {
+                let give_back = amount.min(entry.1);
+                entry.1 -= give_back;
+                w.total -= give_back;
+            }
+        }
+    }
+
+    /// Drops counters unused for longer than their window (called periodically).
+    pub fn sweep(&self, clock: Instant) {
+        let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        counters.retain(|_, w| clock.duration_since(w.last_used) <= w.span);
+    }
+
+    pub fn len(&self) -> usize {
+        self.counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The gateway's counters: in Redis when configured (shared by every gateway), else in this
+/// process. When Redis cannot be reached, decisions fall back to this process's counters and the
+/// log says so: limits then hold per process until Redis returns (the documented choice; a
+/// fail-closed mode comes with the reliability work).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub memory: MemoryCounters,
+    pub redis: Option<crate::redis_limits::RedisCounters>,
+}
+
+impl Counters {
+    pub async fn reserve(&self, limits: &[LimitKey], now: Duration, clock: Instant) -> Outcome {
+        if limits.is_empty() {
+            return Outcome::Reserved(Reservation::default());
+        }
+        if let Some(redis) = &self.redis {
+            match redis.reserve(limits).await {
+                Ok(outcome) => return outcome,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Redis unavailable: counting limits in this process")
+                }
+            }
+        }
+        self.memory.reserve_at(limits, now, clock)
+    }
+
+    /// Gives a reservation back (in the background for Redis: never delays an answer).
+    pub fn release(&self, reservation: Reservation) {
+        if reservation.taken.is_empty() {
+            return;
+        }
+        if reservation.remote {
+            if let Some(redis) = self.redis.clone() {
+                tokio::spawn(async move {
+                    if let Err(e) = redis.release(&reservation.taken).await {
+                        tracing::warn!(error = %e, "could not release a limit reservation in Redis");
+                    }
+                });
+            }
+        } else {
+            self.memory.release(reservation);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(key: &str, max: u64, window_secs: u64, increment: u64) -> LimitKey {
+        LimitKey {
+            key: key.into(),
+            max,
+            window: Duration::from_secs(window_secs),
+            increment,
+        }
+    }
+
+    fn at(secs: f64) -> Duration {
+        Duration::from_secs_f64(secs)
+    }
+
+    #[test]
+    fn allows_up_to_max_then_says_when_to_retry() {
+        let c = MemoryCounters::new();
+        let clock = Instant::now();
+        let l = [limit("a", 3, 60, 1)];
+        for i in 0..3 {
+            assert!(matches!(
+                c.reserve_at(&l, at(10.0 + f64::from(i)), clock),
+                Outcome::Reserved(_)
+            ));
+        }
+        match c.reserve_at(&l, at(13.0), clock) {
+            Outcome::Exhausted { index, retry_after } => {
+                assert_eq!(index, 0);
+                // The first call (at 10 s) leaves the window at 70 s.
+                assert_eq!(retry_after, Duration::from_secs(57));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_window_slides() {
+        let c = MemoryCounters::new();
+        let clock = Instant::now();
+        let l = [limit("a", 2, 60, 1)];
+        assert!(matches!(
+            c.reserve_at(&l, at(30.0), clock),
+            Outcome::Reserved(_)
+        ));
+        assert!(matches!(
+            c.reserve_at(&l, at(59.0), clock),
+            Outcome::Reserved(_)
+        ));
+        // A calendar minute would reset at 60 s; a sliding one still holds both calls.
+        assert!(matches!(
+            c.reserve_at(&l, at(61.0), clock),
+            Outcome::Exhausted { .. }
+        ));
+        // At 90 s the call from 30 s has left the window.
+        assert!(matches!(
+            c.reserve_at(&l, at(90.5), clock),
+            Outcome::Reserved(_)
+        ));
+        assert!(matches!(
+            c.reserve_at(&l, at(91.0), clock),
+            Outcome::Exhausted { .. }
+        ));
+    }
+
+    #[test]
+    fn all_or_nothing_across_limits() {
+        let c = MemoryCounters::new();
+        let clock = Instant::now();
+        let both = [limit("calls", 10, 60, 1), limit("spend", 100, 60, 80)];
+        assert!(matches!(
+            c.reserve_at(&both, at(1.0), clock),
+            Outcome::Reserved(_)
+        ));
+        // The spend limit is exhausted: nothing is taken from the call counter either.
+        assert!(matches!(
+            c.reserve_at(&both, at(2.0), clock),
+            Outcome::Exhausted { index: 1, .. }
+        ));
+        // Had the refused reservation taken a call, this would be the third of two.
+        let calls_only = [limit("calls", 2, 60, 1)];
+        assert!(
+            matches!(
+                c.reserve_at(&calls_only, at(3.0), clock),
+                Outcome::Reserved(_)
+            ),
+            "1 call counted, not 2"
+        );
+    }
+
+    #[test]
+    fn release_gives_back_the_reservation() {
+        let c = MemoryCounters::new();
+        let clock = Instant::now();
+        let l = [limit("a", 1, 60, 1)];
+        let Outcome::Reserved(r) = c.reserve_at(&l, at(1.0), clock) else {
+            panic!()
+        };
+        assert!(matches!(
+            c.reserve_at(&l, at(2.0), clock),
+            Outcome::Exhausted { .. }
+        ));
+        c.release(r);
+        assert!(matches!(
+            c.reserve_at(&l, at(3.0), clock),
+            Outcome::Reserved(_)
+        ));
+    }
+
+    #[test]
+    fn limits_sharing_a_counter_add_up() {
+        let c = MemoryCounters::new();
+        let clock = Instant::now();
+        let shared = [limit("k", 3, 60, 2), limit("k", 3, 60, 2)];
+        assert!(matches!(
+            c.reserve_at(&shared, at(1.0), clock),
+            Outcome::Exhausted { index: 1, .. }
+        ));
+        assert!(c.is_empty(), "nothing reserved");
+    }
+
+    #[test]
+    fn an_increment_above_max_never_passes() {
+        let c = MemoryCounters::new();
+        let clock = Instant::now();
+        match c.reserve_at(&[limit("spend", 100, 3600, 500)], at(1.0), clock) {
+            Outcome::Exhausted { retry_after, .. } => {
+                assert_eq!(retry_after, Duration::from_secs(3600))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn sweep_forgets_idle_counters() {
+        let c = MemoryCounters::new();
+        let clock = Instant::now();
+        let _ = c.reserve_at(&[limit("a", 5, 1, 1)], at(1.0), clock);
+        assert_eq!(c.len(), 1);
+        c.sweep(clock + Duration::from_secs(5));
+        assert!(c.is_empty());
+    }
+}

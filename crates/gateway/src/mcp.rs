@@ -1,0 +1,1009 @@
+//! The client side: a Streamable HTTP MCP endpoint at `/mcp/{server id}` (handshake era,
+//! 2025-03-26 to 2025-11-25).
+//!
+//! Each client session maps to one upstream session, opened with the client's own `initialize`,
+//! so request ids, progress tokens and server-to-client requests (sampling, elicitation, roots)
+//! pass through unchanged in both directions. The gateway steps in only where the policy says:
+//! `tools/list` is read in full from the upstream, filtered and re-paginated; `tools/call` is
+//! decided before it is forwarded. Requests the gateway makes on its own (extra `tools/list`
+//! pages) use ids of their own (`portcullis-…`) so they never collide with the client's.
+
+// Refusals are whole HTTP responses carried in `Err`: the cold path, built once per request.
+#![allow(clippy::result_large_err)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use futures_util::StreamExt as _;
+use portcullis_mcp::jsonrpc::{
+    self, Body as RpcBody, ErrorObject, Message, Request, RequestId, code,
+};
+use portcullis_mcp::sse::{SseEvent, encode_event};
+use portcullis_mcp::upstream::{PostResponse, UpstreamError, collect_until_response};
+use portcullis_policy::{Call, ChangedTools, Decision};
+use portcullis_store::activity::NewEvent;
+use portcullis_store::agents::Agent;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::Gateway;
+use crate::auth::AuthError;
+use crate::limits::{LimitKey, Outcome, Reservation};
+use crate::policies::LoadedPolicy;
+use crate::session::Session;
+use crate::upstreams::{Upstream, UpstreamLookupError};
+
+/// Tools per `tools/list` page the gateway serves.
+const PAGE_SIZE: usize = 100;
+/// Upstream `tools/list` pages read at most (a loop guard against a cursor that never ends).
+const MAX_UPSTREAM_PAGES: usize = 100;
+/// How long an upstream tool catalog is trusted for `changed_tools` before it is read again.
+const CATALOG_TTL: Duration = Duration::from_secs(60);
+
+const SESSION_HEADER: &str = "mcp-session-id";
+const VERSION_HEADER: &str = "mcp-protocol-version";
+
+/// Tool name → definition hash, as the upstream lists them now.
+pub(crate) type Catalog = HashMap<String, String>;
+
+/// Per-process state of the MCP endpoint.
+#[derive(Debug, Default)]
+pub struct McpState {
+    /// Upstream tool catalogs by server.
+    catalogs: Mutex<HashMap<Uuid, (Arc<Catalog>, Instant)>>,
+    /// Upstream sessions re-opened after the upstream forgot the one in the session token.
+    reopened: Mutex<HashMap<Uuid, String>>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Answers
+
+fn rpc_error(status: StatusCode, id: Option<RequestId>, error: ErrorObject) -> Response {
+    let mut response = (status, axum::Json(Message::error(id, error).to_value())).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
+fn json_message(message: &Value, session: Option<&str>) -> Response {
+    let mut response = axum::Json(message).into_response();
+    if let Some(token) = session
+        && let Ok(value) = HeaderValue::from_str(token)
+    {
+        response.headers_mut().insert(SESSION_HEADER, value);
+    }
+    response
+}
+
+/// A `tools/call` result the agent reads as a refusal: `isError` with one text item.
+fn refusal(id: &RequestId, text: &str, rule: Option<&str>, version: Option<i32>) -> Response {
+    let result = json!({
+        "content": [{"type": "text", "text": text}],
+        "isError": true,
+        "_meta": {"io.portcullis/rule": rule, "io.portcullis/policyVersion": version},
+    });
+    json_message(&Message::result(id.clone(), result).to_value(), None)
+}
+
+fn sse_response(
+    stream: impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+) -> Response {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks common to every method
+
+/// The request's agent and server, or the answer that refuses it.
+struct Caller {
+    agent: Arc<Agent>,
+    server_id: Uuid,
+}
+
+async fn admit(gw: &Gateway, server: &str, headers: &HeaderMap) -> Result<Caller, Response> {
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let allowed = origin.to_str().is_ok_and(|o| {
+            gw.config
+                .allowed_origins
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(o))
+        });
+        if !allowed {
+            return Err(rpc_error(
+                StatusCode::FORBIDDEN,
+                None,
+                ErrorObject::new(code::SERVER_ERROR, "Forbidden: this Origin is not allowed"),
+            ));
+        }
+    }
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let agent = match gw.agents.authenticate(&gw.db, authorization).await {
+        Ok(Ok(agent)) => agent,
+        Ok(Err(AuthError::Missing)) => {
+            return Err(rpc_error(
+                StatusCode::UNAUTHORIZED,
+                None,
+                ErrorObject::new(
+                    code::SERVER_ERROR,
+                    "Unauthorized: send your agent key as Authorization: Bearer pcl_…",
+                ),
+            ));
+        }
+        Ok(Err(AuthError::Invalid)) => {
+            return Err(rpc_error(
+                StatusCode::UNAUTHORIZED,
+                None,
+                ErrorObject::new(
+                    code::SERVER_ERROR,
+                    "Unauthorized: this agent key is not valid (revoked or unknown)",
+                ),
+            ));
+        }
+        Err(_) => {
+            return Err(rpc_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                None,
+                ErrorObject::new(
+                    code::SERVER_ERROR,
+                    "Service unavailable: cannot check the agent key right now",
+                ),
+            ));
+        }
+    };
+    // Another organization's server, or one this agent was not granted: as if it did not exist.
+    match server.parse::<Uuid>() {
+        Ok(server_id) if agent.may_reach(server_id) => Ok(Caller { agent, server_id }),
+        _ => Err(not_found()),
+    }
+}
+
+fn not_found() -> Response {
+    rpc_error(
+        StatusCode::NOT_FOUND,
+        None,
+        ErrorObject::new(code::SERVER_ERROR, "Not found"),
+    )
+}
+
+fn session_not_found() -> Response {
+    rpc_error(
+        StatusCode::NOT_FOUND,
+        None,
+        ErrorObject::new(
+            code::SERVER_ERROR,
+            "Session not found: initialize a new session",
+        ),
+    )
+}
+
+/// The session named by the request, if it is this agent's on this server.
+fn session_of(gw: &Gateway, caller: &Caller, headers: &HeaderMap) -> Result<Session, Response> {
+    let Some(token) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
+        return Err(rpc_error(
+            StatusCode::BAD_REQUEST,
+            None,
+            ErrorObject::new(
+                code::SERVER_ERROR,
+                "Bad Request: Mcp-Session-Id header is required",
+            ),
+        ));
+    };
+    match gw.sessions.open(token) {
+        Some(s) if s.agent_id == caller.agent.id && s.server_id == caller.server_id => Ok(s),
+        _ => Err(session_not_found()),
+    }
+}
+
+async fn upstream_of(
+    gw: &Gateway,
+    caller: &Caller,
+    id: Option<&RequestId>,
+) -> Result<Arc<Upstream>, Response> {
+    match gw
+        .upstreams
+        .get(&gw.db, caller.agent.org_id, caller.server_id)
+        .await
+    {
+        Ok(up) => Ok(up),
+        Err(UpstreamLookupError::NotFound) => Err(not_found()),
+        Err(e) => {
+            tracing::warn!(server = %caller.server_id, error = %e, "upstream unavailable");
+            Err(rpc_error(
+                StatusCode::BAD_GATEWAY,
+                id.cloned(),
+                ErrorObject::new(code::INTERNAL_ERROR, format!("Upstream unavailable: {e}")),
+            ))
+        }
+    }
+}
+
+fn accepts_both(headers: &HeaderMap) -> bool {
+    let accept = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
+    let has = |t: &str| {
+        accept
+            .split(',')
+            .any(|part| part.trim().starts_with(t) || part.trim().starts_with("*/*"))
+    };
+    has("application/json") && has("text/event-stream")
+}
+
+// ---------------------------------------------------------------------------------------------
+// POST
+
+pub async fn post(
+    State(gw): State<Arc<Gateway>>,
+    Path(server): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let caller = match admit(&gw, &server, &headers).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    if !accepts_both(&headers) {
+        return rpc_error(
+            StatusCode::NOT_ACCEPTABLE,
+            None,
+            ErrorObject::new(
+                code::SERVER_ERROR,
+                "Not Acceptable: Client must accept both application/json and text/event-stream",
+            ),
+        );
+    }
+    let message = match jsonrpc::parse_body(&body) {
+        Ok(RpcBody::Single(m)) => m,
+        Ok(RpcBody::Batch(_)) => {
+            return rpc_error(
+                StatusCode::BAD_REQUEST,
+                None,
+                ErrorObject::new(
+                    code::INVALID_REQUEST,
+                    "Invalid Request: JSON-RPC batches are not supported; send one message per request",
+                ),
+            );
+        }
+        Err(e) => return rpc_error(StatusCode::BAD_REQUEST, None, e.to_error_object()),
+    };
+
+    if let Message::Request(req) = &message
+        && req.method == "initialize"
+    {
+        return initialize(&gw, &caller, req).await;
+    }
+    let session = match session_of(&gw, &caller, &headers) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if let Some(version) = headers.get(VERSION_HEADER)
+        && version
+            .to_str()
+            .ok()
+            .and_then(portcullis_mcp::version::ProtocolVersion::parse)
+            .is_none()
+    {
+        return rpc_error(
+            StatusCode::BAD_REQUEST,
+            None,
+            ErrorObject::new(
+                code::SERVER_ERROR,
+                "Bad Request: unsupported MCP-Protocol-Version",
+            ),
+        );
+    }
+    let id = match &message {
+        Message::Request(r) => Some(&r.id),
+        _ => None,
+    };
+    let upstream = match upstream_of(&gw, &caller, id).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let ctx = Ctx {
+        gw: gw.clone(),
+        caller,
+        session,
+        upstream,
+    };
+    match message {
+        Message::Request(req) => match req.method.as_str() {
+            "tools/list" => ctx.tools_list(req).await,
+            "tools/call" => ctx.tools_call(req).await,
+            _ => {
+                let raw = Message::Request(req.clone()).to_value();
+                ctx.forward(&req.id, &raw, None).await
+            }
+        },
+        other => {
+            let raw = other.to_value();
+            match ctx.post_upstream(&raw).await {
+                Ok(_) => StatusCode::ACCEPTED.into_response(),
+                Err(e) => rpc_error(StatusCode::BAD_GATEWAY, None, e.to_error_object()),
+            }
+        }
+    }
+}
+
+async fn initialize(gw: &Arc<Gateway>, caller: &Caller, req: &Request) -> Response {
+    let upstream = match upstream_of(gw, caller, Some(&req.id)).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let raw = Message::Request(req.clone()).to_value();
+    let (response, upstream_session) = match upstream.client.post(&raw, None, None).await {
+        Ok(PostResponse::Json {
+            message,
+            session_id,
+        }) => (message, session_id),
+        Ok(PostResponse::Stream {
+            session_id,
+            mut events,
+        }) => match collect_until_response(&mut events, &req.id).await {
+            Ok((_, message)) => (message, session_id),
+            Err(e) => return rpc_error(StatusCode::OK, Some(req.id.clone()), e.to_error_object()),
+        },
+        Ok(PostResponse::Accepted) => {
+            return rpc_error(
+                StatusCode::OK,
+                Some(req.id.clone()),
+                ErrorObject::new(
+                    code::INTERNAL_ERROR,
+                    "Upstream accepted initialize without answering it",
+                ),
+            );
+        }
+        Err(e) => return rpc_error(StatusCode::OK, Some(req.id.clone()), e.to_error_object()),
+    };
+    let Some(version) = response
+        .pointer("/result/protocolVersion")
+        .and_then(Value::as_str)
+    else {
+        // An error from the upstream: pass it on, no session.
+        return json_message(&response, None);
+    };
+    let session = Session {
+        id: Uuid::new_v4(),
+        org_id: caller.agent.org_id,
+        server_id: caller.server_id,
+        agent_id: caller.agent.id,
+        protocol_version: version.to_owned(),
+        upstream_session,
+        initialize_params: req.params.clone().unwrap_or(Value::Null),
+        issued_at: chrono_now_secs(),
+    };
+    let token = gw.sessions.seal(&session);
+    tracing::info!(session = %session.id, agent = %caller.agent.id, server = %caller.server_id, version, "session opened");
+    json_message(&response, Some(&token))
+}
+
+fn chrono_now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn id_value(id: &RequestId) -> Value {
+    match id {
+        RequestId::Number(n) => Value::from(*n),
+        RequestId::String(s) => Value::from(s.clone()),
+    }
+}
+
+/// One request's context after admission.
+struct Ctx {
+    gw: Arc<Gateway>,
+    caller: Caller,
+    session: Session,
+    upstream: Arc<Upstream>,
+}
+
+impl Ctx {
+    fn upstream_session(&self) -> Option<String> {
+        let reopened = self
+            .gw
+            .mcp
+            .reopened
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        reopened
+            .get(&self.session.id)
+            .cloned()
+            .or_else(|| self.session.upstream_session.clone())
+    }
+
+    /// POSTs to the upstream in this session; when the upstream has forgotten the session, opens
+    /// a new one with the client's original `initialize` and tries once more.
+    async fn post_upstream(&self, message: &Value) -> Result<PostResponse, UpstreamError> {
+        let version = Some(self.session.protocol_version.as_str());
+        let session = self.upstream_session();
+        match self
+            .upstream
+            .client
+            .post(message, session.as_deref(), version)
+            .await
+        {
+            Err(UpstreamError::SessionExpired) => {
+                let reopened = self
+                    .upstream
+                    .client
+                    .initialize(self.session.initialize_params.clone())
+                    .await?;
+                tracing::info!(session = %self.session.id, "upstream session expired: re-initialized");
+                if let Some(new) = &reopened.session_id {
+                    self.gw
+                        .mcp
+                        .reopened
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(self.session.id, new.clone());
+                }
+                self.upstream
+                    .client
+                    .post(message, reopened.session_id.as_deref(), version)
+                    .await
+            }
+            other => other,
+        }
+    }
+
+    /// Forwards a request and relays the answer (JSON or SSE) as it comes. `reservation` is
+    /// released if the upstream fails.
+    async fn forward(
+        &self,
+        id: &RequestId,
+        raw: &Value,
+        reservation: Option<Reservation>,
+    ) -> Response {
+        match self.post_upstream(raw).await {
+            Ok(PostResponse::Json { message, .. }) => {
+                if let Some(r) = reservation
+                    && message.get("error").is_some()
+                {
+                    self.gw.counters.release(r);
+                }
+                json_message(&message, None)
+            }
+            Ok(PostResponse::Stream { events, .. }) => {
+                let gw = self.gw.clone();
+                let want = id_value(id);
+                let id = id.clone();
+                let state = Relay {
+                    reservation,
+                    answered: false,
+                };
+                let stream = futures_util::stream::unfold(
+                    (events, state, false),
+                    move |(mut events, mut state, done)| {
+                        let gw = gw.clone();
+                        let want = want.clone();
+                        let id = id.clone();
+                        async move {
+                            if done {
+                                return None;
+                            }
+                            match events.next().await {
+                                Some(Ok(event)) => {
+                                    if let Ok(msg) = serde_json::from_str::<Value>(&event.data)
+                                        && msg.get("id") == Some(&want)
+                                        && (msg.get("result").is_some()
+                                            || msg.get("error").is_some())
+                                    {
+                                        state.answered = true;
+                                        if msg.get("error").is_some()
+                                            && let Some(r) = state.reservation.take()
+                                        {
+                                            gw.counters.release(r);
+                                        }
+                                    }
+                                    Some((
+                                        Ok(Bytes::from(encode_event(&event))),
+                                        (events, state, false),
+                                    ))
+                                }
+                                end => {
+                                    if state.answered {
+                                        return None;
+                                    }
+                                    // The upstream stream ended before answering: answer for it.
+                                    if let Some(r) = state.reservation.take() {
+                                        gw.counters.release(r);
+                                    }
+                                    let error = match end {
+                                        Some(Err(e)) => e.to_error_object(),
+                                        _ => ErrorObject::new(
+                                            code::INTERNAL_ERROR,
+                                            "Upstream closed the stream without answering",
+                                        ),
+                                    };
+                                    let event = SseEvent::message(
+                                        Message::error(Some(id), error).to_value().to_string(),
+                                    );
+                                    Some((
+                                        Ok(Bytes::from(encode_event(&event))),
+                                        (events, state, true),
+                                    ))
+                                }
+                            }
+                        }
+                    },
+                );
+                sse_response(stream)
+            }
+            Ok(PostResponse::Accepted) => {
+                if let Some(r) = reservation {
+                    self.gw.counters.release(r);
+                }
+                rpc_error(
+                    StatusCode::OK,
+                    Some(id.clone()),
+                    ErrorObject::new(
+                        code::INTERNAL_ERROR,
+                        "Upstream accepted the request without answering it",
+                    ),
+                )
+            }
+            Err(e) => {
+                if let Some(r) = reservation {
+                    self.gw.counters.release(r);
+                }
+                tracing::warn!(server = %self.caller.server_id, error = %e, "upstream call failed");
+                rpc_error(StatusCode::OK, Some(id.clone()), e.to_error_object())
+            }
+        }
+    }
+
+    /// Every tool the upstream lists now, following its cursors.
+    async fn upstream_tools(&self) -> Result<Vec<Value>, UpstreamError> {
+        let mut tools = Vec::new();
+        let mut cursor: Option<Value> = None;
+        for page in 0..MAX_UPSTREAM_PAGES {
+            let id = RequestId::String(format!(
+                "portcullis-tools-{}-{page}",
+                Uuid::new_v4().simple()
+            ));
+            let mut params = serde_json::Map::new();
+            if let Some(c) = &cursor {
+                params.insert("cursor".into(), c.clone());
+            }
+            let request = Message::Request(Request {
+                id: id.clone(),
+                method: "tools/list".into(),
+                params: Some(Value::Object(params)),
+            })
+            .to_value();
+            let message = match self.post_upstream(&request).await? {
+                PostResponse::Json { message, .. } => message,
+                PostResponse::Stream { mut events, .. } => {
+                    collect_until_response(&mut events, &id).await?.1
+                }
+                PostResponse::Accepted => {
+                    return Err(UpstreamError::Protocol(
+                        "tools/list was not answered".into(),
+                    ));
+                }
+            };
+            if let Some(error) = message.get("error") {
+                return Err(UpstreamError::Protocol(format!(
+                    "tools/list failed: {error}"
+                )));
+            }
+            let result = message.get("result").cloned().unwrap_or(Value::Null);
+            if let Some(page_tools) = result.get("tools").and_then(Value::as_array) {
+                tools.extend(page_tools.iter().cloned());
+            }
+            match result.get("nextCursor") {
+                Some(c) if !c.is_null() => cursor = Some(c.clone()),
+                _ => break,
+            }
+        }
+        let catalog: Catalog = tools
+            .iter()
+            .filter_map(|t| {
+                let name = t.get("name")?.as_str()?;
+                Some((
+                    name.to_owned(),
+                    portcullis_store::servers::definition_hash(t),
+                ))
+            })
+            .collect();
+        self.gw
+            .mcp
+            .catalogs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(self.caller.server_id, (Arc::new(catalog), Instant::now()));
+        Ok(tools)
+    }
+
+    async fn catalog(&self) -> Option<Arc<Catalog>> {
+        let cached = self
+            .gw
+            .mcp
+            .catalogs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&self.caller.server_id)
+            .filter(|(_, at)| at.elapsed() < CATALOG_TTL)
+            .map(|(c, _)| c.clone());
+        if cached.is_some() {
+            return cached;
+        }
+        self.upstream_tools().await.ok()?;
+        self.gw
+            .mcp
+            .catalogs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&self.caller.server_id)
+            .map(|(c, _)| c.clone())
+    }
+
+    fn policy(&self) -> Option<Arc<LoadedPolicy>> {
+        self.gw
+            .policies
+            .lookup(self.caller.server_id, self.caller.agent.id)
+    }
+
+    async fn tools_list(&self, req: Request) -> Response {
+        let offset = match req.params.as_ref().and_then(|p| p.get("cursor")) {
+            None | Some(Value::Null) => 0,
+            Some(Value::String(c)) => match decode_cursor(c) {
+                Some(o) => o,
+                None => {
+                    return rpc_error(
+                        StatusCode::OK,
+                        Some(req.id),
+                        ErrorObject::new(code::INVALID_PARAMS, "Invalid params: unknown cursor"),
+                    );
+                }
+            },
+            Some(_) => {
+                return rpc_error(
+                    StatusCode::OK,
+                    Some(req.id),
+                    ErrorObject::new(
+                        code::INVALID_PARAMS,
+                        "Invalid params: cursor must be a string",
+                    ),
+                );
+            }
+        };
+        let tools = match self.upstream_tools().await {
+            Ok(t) => t,
+            Err(e) => return rpc_error(StatusCode::OK, Some(req.id), e.to_error_object()),
+        };
+        let policy = self.policy();
+        let visible: Vec<Value> = tools
+            .into_iter()
+            .filter(|tool| {
+                let Some(policy) = &policy else { return false };
+                let Some(name) = tool.get("name").and_then(Value::as_str) else {
+                    return false;
+                };
+                let hash = portcullis_store::servers::definition_hash(tool);
+                let changed = policy.is_changed(name, Some(&hash));
+                policy.policy.is_hidden(name, changed).is_none()
+            })
+            .collect();
+        let page: Vec<Value> = visible
+            .iter()
+            .skip(offset)
+            .take(PAGE_SIZE)
+            .cloned()
+            .collect();
+        let mut result = json!({"tools": page});
+        if offset + PAGE_SIZE < visible.len() {
+            result["nextCursor"] = Value::from(encode_cursor(offset + PAGE_SIZE));
+        }
+        json_message(&Message::result(req.id, result).to_value(), None)
+    }
+
+    async fn tools_call(&self, req: Request) -> Response {
+        let started = Instant::now();
+        let params = req.params.clone().unwrap_or(Value::Null);
+        let Some(tool) = params
+            .get("name")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+        else {
+            return rpc_error(
+                StatusCode::OK,
+                Some(req.id),
+                ErrorObject::new(
+                    code::INVALID_PARAMS,
+                    "Invalid params: tools/call needs a tool name",
+                ),
+            );
+        };
+        let empty = Value::Object(serde_json::Map::new());
+        let arguments = params.get("arguments").unwrap_or(&empty);
+        let mut event = self.event("tools/call", Some(&tool), arguments);
+
+        let Some(policy) = self.policy() else {
+            event.decision = "deny".into();
+            event.reason = Some("no policy is published for this server".into());
+            self.gw.activity.record(event);
+            return refusal(
+                &req.id,
+                "[POLICY DENIED] no policy is published for this server",
+                None,
+                None,
+            );
+        };
+        event.policy_id = Some(policy.policy_id);
+        event.policy_version = Some(policy.version);
+        let changed = if policy.policy.changed_tools() != ChangedTools::Allow
+            && policy.reviewed.contains_key(&tool)
+        {
+            match self.catalog().await {
+                Some(catalog) => policy.is_changed(&tool, catalog.get(&tool).map(String::as_str)),
+                // Cannot tell whether the tool changed: treat it as changed (fail closed).
+                None => true,
+            }
+        } else {
+            false
+        };
+        let decision = policy.policy.evaluate(&Call {
+            tool: &tool,
+            arguments,
+            changed,
+        });
+        event.rule = Some(decision.rule().to_owned());
+        match &decision {
+            Decision::Hidden { .. } | Decision::Deny { .. } => {
+                event.decision = if matches!(decision, Decision::Hidden { .. }) {
+                    "hidden"
+                } else {
+                    "deny"
+                }
+                .into();
+                event.reason = decision.reason().map(str::to_owned);
+                self.gw.activity.record(event);
+                let text = decision.agent_text().unwrap_or_default();
+                refusal(&req.id, &text, Some(decision.rule()), Some(policy.version))
+            }
+            Decision::Proceed {
+                limits, approval, ..
+            } => {
+                let keys: Vec<LimitKey> = limits
+                    .iter()
+                    .map(|l| LimitKey {
+                        key: format!(
+                            "{}:{}:{}",
+                            self.caller.server_id,
+                            match l.scope {
+                                portcullis_policy::Scope::Session => self.session.id.to_string(),
+                                portcullis_policy::Scope::Agent => self.caller.agent.id.to_string(),
+                                portcullis_policy::Scope::Server => "server".to_owned(),
+                            },
+                            l.counter_key()
+                        ),
+                        max: l.max,
+                        window: l.window,
+                        increment: l.increment,
+                    })
+                    .collect();
+                let reservation = match self.gw.reserve(&keys).await {
+                    Outcome::Reserved(r) => r,
+                    Outcome::Exhausted { index, retry_after } => {
+                        let limit = &limits[index];
+                        event.decision = "rate_limited".into();
+                        event.rule = Some(limit.rule.clone());
+                        let text = limit.rate_limited_text(retry_after);
+                        event.reason = Some(text.clone());
+                        self.gw.activity.record(event);
+                        return refusal(&req.id, &text, Some(&limit.rule), Some(policy.version));
+                    }
+                };
+                if let Some(approval) = approval {
+                    // Approvals arrive with their own issue; until then such calls fail closed.
+                    self.gw.counters.release(reservation);
+                    event.decision = "deny".into();
+                    event.rule = Some(approval.rule.clone());
+                    let reason = "this call needs a person's approval, and approvals are not enabled on this gateway";
+                    event.reason = Some(reason.into());
+                    self.gw.activity.record(event);
+                    return refusal(
+                        &req.id,
+                        &format!("[POLICY DENIED] {reason}"),
+                        Some(&approval.rule),
+                        Some(policy.version),
+                    );
+                }
+                event.decision = "allow".into();
+                let raw = Message::Request(req.clone()).to_value();
+                let response = self.forward(&req.id, &raw, Some(reservation)).await;
+                event.latency_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+                event.upstream_status = Some(i32::from(response.status().as_u16()));
+                self.gw.activity.record(event);
+                response
+            }
+        }
+    }
+
+    fn event(&self, method: &str, tool: Option<&str>, arguments: &Value) -> NewEvent {
+        NewEvent {
+            id: Uuid::now_v7(),
+            org_id: self.caller.agent.org_id,
+            at: chrono::Utc::now(),
+            server_id: Some(self.caller.server_id),
+            agent_id: Some(self.caller.agent.id),
+            agent_name: Some(self.caller.agent.name.clone()),
+            session: Some(self.session.id.to_string()),
+            method: method.to_owned(),
+            tool: tool.map(str::to_owned),
+            argument_keys: arguments
+                .as_object()
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default(),
+            arguments: None,
+            decision: String::new(),
+            rule: None,
+            reason: None,
+            policy_id: None,
+            policy_version: None,
+            latency_ms: None,
+            upstream_status: None,
+        }
+    }
+}
+
+struct Relay {
+    reservation: Option<Reservation>,
+    answered: bool,
+}
+
+fn encode_cursor(offset: usize) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("portcullis:{offset}"))
+}
+
+fn decode_cursor(cursor: &str) -> Option<usize> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()?;
+    String::from_utf8(bytes)
+        .ok()?
+        .strip_prefix("portcullis:")?
+        .parse()
+        .ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// GET and DELETE
+
+/// The server-initiated stream: the upstream's (resumable with `Last-Event-ID`), with the
+/// gateway's own `notifications/tools/list_changed` merged in when a publish changes this
+/// server's policy.
+pub async fn get(
+    State(gw): State<Arc<Gateway>>,
+    Path(server): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let caller = match admit(&gw, &server, &headers).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let session = match session_of(&gw, &caller, &headers) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let upstream = match upstream_of(&gw, &caller, None).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let ctx = Ctx {
+        gw: gw.clone(),
+        caller,
+        session,
+        upstream,
+    };
+    let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+    let upstream_session = ctx.upstream_session();
+    let upstream_events = match ctx
+        .upstream
+        .client
+        .open_stream(
+            upstream_session.as_deref(),
+            Some(&ctx.session.protocol_version),
+            last_event_id,
+        )
+        .await
+    {
+        Ok(Some(events)) => Some(events),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot open the upstream stream");
+            None
+        }
+    };
+    let server_id = ctx.caller.server_id;
+    let changes = tokio_stream_of(gw.list_changed.subscribe(), server_id);
+    let ours = changes.map(|()| {
+        let note = json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"});
+        Ok::<_, std::io::Error>(Bytes::from(encode_event(&SseEvent::message(
+            note.to_string(),
+        ))))
+    });
+    match upstream_events {
+        Some(events) => {
+            // The upstream's stream ends at its first error; ours goes on.
+            let theirs = events
+                .take_while(|e| futures_util::future::ready(e.is_ok()))
+                .filter_map(|e| futures_util::future::ready(e.ok()))
+                .map(|e| Ok(Bytes::from(encode_event(&e))));
+            sse_response(futures_util::stream::select(theirs, ours))
+        }
+        None => sse_response(ours),
+    }
+}
+
+/// Publishes concerning `server_id`, as a stream.
+fn tokio_stream_of(
+    rx: tokio::sync::broadcast::Receiver<Uuid>,
+    server_id: Uuid,
+) -> impl futures_util::Stream<Item = ()> + Send + 'static {
+    futures_util::stream::unfold(rx, move |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(id) if id == server_id => return Some(((), rx)),
+                Ok(_) => continue,
+                // Missed some: say the list may have changed.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return Some(((), rx)),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+}
+
+pub async fn delete(
+    State(gw): State<Arc<Gateway>>,
+    Path(server): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let caller = match admit(&gw, &server, &headers).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let session = match session_of(&gw, &caller, &headers) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if let Ok(upstream) = upstream_of(&gw, &caller, None).await {
+        let reopened = gw
+            .mcp
+            .reopened
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&session.id);
+        if let Some(up) = reopened.or(session.upstream_session.clone())
+            && let Err(e) = upstream
+                .client
+                .delete_session(&up, Some(&session.protocol_version))
+                .await
+        {
+            tracing::debug!(error = %e, "upstream session delete failed");
+        }
+    }
+    StatusCode::OK.into_response()
+}

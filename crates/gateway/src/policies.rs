@@ -1,0 +1,206 @@
+//! The published policies, cached in memory and swapped atomically.
+//!
+//! Loaded in full at start (a gateway that cannot load them does not serve), reloaded one by one
+//! when PostgreSQL announces a publish (`NOTIFY portcullis_policy`), and in full every
+//! `full_reload` as a fallback for a lost notification. A server with no published policy
+//! denies everything; so does a stored document that no longer parses (logged loudly).
+//! While the database is unreachable, the gateway keeps enforcing what it has.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use portcullis_policy::Policy;
+use portcullis_store::{PgPool, policies};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// One enforced policy version, compiled.
+#[derive(Debug)]
+pub struct LoadedPolicy {
+    pub policy: Policy,
+    pub policy_id: Uuid,
+    pub version: i32,
+    pub org_id: Uuid,
+    pub server_id: Uuid,
+    pub agent_id: Option<Uuid>,
+    /// Tool name → definition hash, as reviewed at publish time.
+    pub reviewed: HashMap<String, String>,
+}
+
+impl LoadedPolicy {
+    /// Is this tool's current definition different from the reviewed one? Tools that did not
+    /// exist at publish time are not "changed": they fall under `default`.
+    pub fn is_changed(&self, tool: &str, current_hash: Option<&str>) -> bool {
+        match (self.reviewed.get(tool), current_hash) {
+            (Some(reviewed), Some(current)) => reviewed != current,
+            _ => false,
+        }
+    }
+}
+
+type Key = (Uuid, Option<Uuid>);
+
+/// What a lookup found: the policy that governs (server, agent), or none (deny all).
+#[derive(Debug, Default)]
+pub struct PolicyCache {
+    map: ArcSwap<HashMap<Key, Arc<LoadedPolicy>>>,
+}
+
+impl PolicyCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The policy for this agent on this server: the agent's own if it has one, else the
+    /// server's.
+    pub fn lookup(&self, server_id: Uuid, agent_id: Uuid) -> Option<Arc<LoadedPolicy>> {
+        let map = self.map.load();
+        map.get(&(server_id, Some(agent_id)))
+            .or_else(|| map.get(&(server_id, None)))
+            .cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.load().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Replaces the whole cache with what the database holds now.
+    pub async fn load_all(&self, db: &PgPool) -> Result<usize, portcullis_store::Error> {
+        let rows = policies::all_enforced(db).await?;
+        let map: HashMap<Key, Arc<LoadedPolicy>> = rows
+            .into_iter()
+            .filter_map(compile)
+            .map(|p| ((p.server_id, p.agent_id), Arc::new(p)))
+            .collect();
+        let n = map.len();
+        self.map.store(Arc::new(map));
+        Ok(n)
+    }
+
+    /// Reloads one policy after a publish. Returns the server it governs, when known.
+    pub async fn reload(
+        &self,
+        db: &PgPool,
+        policy_id: Uuid,
+    ) -> Result<Option<Uuid>, portcullis_store::Error> {
+        let row = policies::enforced(db, policy_id).await?;
+        let mut map = HashMap::clone(&self.map.load());
+        let server = match row {
+            Some(row) => {
+                let server_id = row.server_id;
+                let key = (row.server_id, row.agent_id);
+                match compile(row) {
+                    Some(p) => {
+                        map.insert(key, Arc::new(p));
+                    }
+                    None => {
+                        map.remove(&key);
+                    }
+                }
+                Some(server_id)
+            }
+            None => {
+                let key = map
+                    .iter()
+                    .find(|(_, p)| p.policy_id == policy_id)
+                    .map(|(k, _)| *k);
+                key.map(|k| {
+                    map.remove(&k);
+                    k.0
+                })
+            }
+        };
+        self.map.store(Arc::new(map));
+        Ok(server)
+    }
+
+    /// Keeps the cache fresh: LISTEN for publishes, and reload everything periodically. Sends
+    /// the id of every server whose policy changed on `changed`.
+    pub fn spawn_refresher(
+        self: Arc<Self>,
+        db: PgPool,
+        full_reload: Duration,
+        changed: tokio::sync::broadcast::Sender<Uuid>,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                let mut listener = match sqlx::postgres::PgListener::connect_with(&db).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "policy listener cannot connect; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                if let Err(e) = listener.listen("portcullis_policy").await {
+                    tracing::warn!(error = %e, "cannot LISTEN for policy changes; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                // Anything published while we were not listening is picked up here.
+                if let Err(e) = self.load_all(&db).await {
+                    tracing::warn!(error = %e, "cannot reload policies; keeping the ones in memory");
+                }
+                let mut ticker = tokio::time::interval(full_reload);
+                ticker.tick().await;
+                loop {
+                    tokio::select! {
+                        note = listener.try_recv() => match note {
+                            Ok(Some(note)) => {
+                                let Ok(policy_id) = note.payload().parse::<Uuid>() else { continue };
+                                match self.reload(&db, policy_id).await {
+                                    Ok(Some(server)) => {
+                                        tracing::info!(%policy_id, %server, "policy reloaded");
+                                        let _ = changed.send(server);
+                                    }
+                                    Ok(None) => {}
+                                    Err(e) => tracing::warn!(error = %e, %policy_id, "cannot reload a policy"),
+                                }
+                            }
+                            // The connection dropped: reconnect (and reload everything).
+                            Ok(None) | Err(_) => break,
+                        },
+                        _ = ticker.tick() => {
+                            if let Err(e) = self.load_all(&db).await {
+                                tracing::warn!(error = %e, "periodic policy reload failed; keeping the ones in memory");
+                            }
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
+fn compile(row: policies::Enforced) -> Option<LoadedPolicy> {
+    let policy = match Policy::from_value(&row.document) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(policy_id = %row.policy_id, version = row.version, error = %e,
+                "a published policy does not parse: its server denies every call");
+            return None;
+        }
+    };
+    let reviewed = match row.reviewed_tools {
+        Value::Object(map) => map
+            .into_iter()
+            .filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_owned())))
+            .collect(),
+        _ => HashMap::new(),
+    };
+    Some(LoadedPolicy {
+        policy,
+        policy_id: row.policy_id,
+        version: row.version,
+        org_id: row.org_id,
+        server_id: row.server_id,
+        agent_id: row.agent_id,
+        reviewed,
+    })
+}

@@ -1,0 +1,124 @@
+//! Gateway session ids: sealed tokens (AES-256-GCM under a key derived for this purpose) that
+//! carry everything a gateway needs to continue a session, so any gateway process can serve any
+//! request of it and nothing is kept in a shared session table.
+//!
+//! A session id is not a credential: every request is authenticated by its agent key, and a
+//! session opened by one agent is refused to every other.
+
+use base64::Engine as _;
+use portcullis_store::crypto::{Sealer, SecretKey};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+const PREFIX: &str = "pcs_";
+const AAD: &[u8] = b"portcullis mcp session v1";
+
+/// What a session id carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Session {
+    /// A random id for logs and approvals (the token itself changes nothing).
+    #[serde(rename = "i")]
+    pub id: Uuid,
+    #[serde(rename = "o")]
+    pub org_id: Uuid,
+    #[serde(rename = "s")]
+    pub server_id: Uuid,
+    #[serde(rename = "a")]
+    pub agent_id: Uuid,
+    /// The negotiated protocol version.
+    #[serde(rename = "v")]
+    pub protocol_version: String,
+    /// The upstream's session id, if it gave one.
+    #[serde(rename = "u", default, skip_serializing_if = "Option::is_none")]
+    pub upstream_session: Option<String>,
+    /// The client's `initialize` params, to open a new upstream session transparently when
+    /// the upstream forgets this one.
+    #[serde(rename = "p", default)]
+    pub initialize_params: Value,
+    /// Unix seconds.
+    #[serde(rename = "t")]
+    pub issued_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionSealer {
+    sealer: Sealer,
+}
+
+impl SessionSealer {
+    pub fn new(key: &SecretKey) -> Self {
+        SessionSealer {
+            sealer: Sealer::new(key, "mcp-session"),
+        }
+    }
+
+    pub fn seal(&self, session: &Session) -> String {
+        let json = serde_json::to_vec(session).unwrap_or_default();
+        let sealed = self.sealer.seal(&json, AAD).unwrap_or_default();
+        format!(
+            "{PREFIX}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sealed)
+        )
+    }
+
+    /// `None` for anything this deployment did not issue (or that was altered).
+    pub fn open(&self, token: &str) -> Option<Session> {
+        let body = token.strip_prefix(PREFIX)?;
+        if body.len() > 64 * 1024 {
+            return None;
+        }
+        let sealed = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(body)
+            .ok()?;
+        let json = self.sealer.open(&sealed, AAD)?;
+        serde_json::from_slice(&json).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session() -> Session {
+        Session {
+            id: Uuid::new_v4(),
+            org_id: Uuid::new_v4(),
+            server_id: Uuid::new_v4(),
+            agent_id: Uuid::new_v4(),
+            protocol_version: "2025-06-18".into(),
+            upstream_session: Some("upstream-123".into()),
+            initialize_params: serde_json::json!({"capabilities": {}}),
+            issued_at: 1_700_000_000,
+        }
+    }
+
+    #[test]
+    fn round_trips_and_hides_its_content() {
+        let key = SecretKey::generate().unwrap();
+        let sealer = SessionSealer::new(&key);
+        let s = session();
+        let token = sealer.seal(&s);
+        assert!(token.starts_with("pcs_"));
+        assert!(
+            token.bytes().all(|b| b.is_ascii_graphic()),
+            "a valid header value"
+        );
+        assert!(!token.contains("upstream-123"));
+        assert_eq!(sealer.open(&token), Some(s));
+    }
+
+    #[test]
+    fn refuses_tokens_it_did_not_issue() {
+        let sealer = SessionSealer::new(&SecretKey::generate().unwrap());
+        let other = SessionSealer::new(&SecretKey::generate().unwrap());
+        let token = other.seal(&session());
+        assert_eq!(sealer.open(&token), None);
+        assert_eq!(sealer.open("pcs_AAAA"), None);
+        assert_eq!(sealer.open("not-a-session"), None);
+        let mut altered = sealer.seal(&session());
+        altered.pop();
+        altered.push('A');
+        assert_eq!(sealer.open(&altered), None);
+    }
+}

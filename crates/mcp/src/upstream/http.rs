@@ -1,0 +1,554 @@
+//! The Streamable HTTP transport, client side (handshake era, 2025-03-26 … 2025-11-25).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use super::{EventStream, Initialized, UpstreamConfig, UpstreamError, collect_until_response};
+use crate::jsonrpc::{Message, RequestId};
+
+const SESSION_ID: &str = "mcp-session-id";
+const PROTOCOL_VERSION: &str = "mcp-protocol-version";
+const LAST_EVENT_ID: &str = "last-event-id";
+const ACCEPT_BOTH: &str = "application/json, text/event-stream";
+/// Headers the transport sets itself; configured headers may not name them.
+const RESERVED: [&str; 10] = [
+    "accept",
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "host",
+    SESSION_ID,
+    PROTOCOL_VERSION,
+    LAST_EVENT_ID,
+    "upgrade",
+];
+/// How much of an error body is read (to look for "session") and how much is kept.
+const ERROR_BODY_READ: usize = 4096;
+const ERROR_BODY_KEPT: usize = 512;
+/// Configured header values shorter than this are not scrubbed from upstream text (scrubbing
+/// "1" would garble everything and protect nothing).
+const MIN_SCRUBBED_LEN: usize = 4;
+
+/// A Streamable HTTP client for one upstream. Cheap to clone; all clones share the
+/// `reqwest::Client` (and so its connection pool) given to [`new`](Self::new).
+#[derive(Clone)]
+pub struct StreamableHttpClient {
+    http: reqwest::Client,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    url: url::Url,
+    headers: HeaderMap,
+    /// Configured header values, scrubbed from any upstream text put into an error.
+    secrets: Vec<String>,
+    /// Why the configuration cannot be used; every call fails with it.
+    config_error: Option<String>,
+    timeout: Duration,
+    max_event_bytes: usize,
+    max_body_bytes: usize,
+}
+
+/// How the upstream answered a POST.
+#[derive(Debug)]
+pub enum PostResponse {
+    /// `202 Accepted`: the answer to a notification or a response. (A 2xx with an empty body
+    /// is taken the same way.)
+    Accepted,
+    /// One JSON body: the response (or, for a batch, the array of responses). Checked to be
+    /// JSON-RPC, otherwise passed through as received.
+    Json {
+        message: Value,
+        session_id: Option<String>,
+    },
+    /// An SSE stream carrying messages tied to the request, then the response; see
+    /// [`collect_until_response`].
+    Stream {
+        session_id: Option<String>,
+        events: EventStream,
+    },
+}
+
+impl StreamableHttpClient {
+    /// A client for the upstream `config` describes, sending through `http` (build it with
+    /// [`client_builder`](super::client_builder) and share it). A configuration that cannot be
+    /// used (an invalid or reserved header) makes every call fail with
+    /// [`UpstreamError::Config`].
+    pub fn new(http: reqwest::Client, config: UpstreamConfig) -> Self {
+        let mut headers = HeaderMap::new();
+        let mut secrets = Vec::new();
+        let mut config_error = None;
+        for (i, (name, value)) in config.headers.iter().enumerate() {
+            let Ok(header_name) = HeaderName::from_bytes(name.as_bytes()) else {
+                config_error.get_or_insert(format!("header #{} has an invalid name", i + 1));
+                continue;
+            };
+            if RESERVED.contains(&header_name.as_str()) {
+                config_error.get_or_insert(format!(
+                    "header {header_name} is set by the transport and cannot be configured"
+                ));
+                continue;
+            }
+            let Ok(mut header_value) = HeaderValue::from_str(value) else {
+                config_error.get_or_insert(format!("header {header_name} has an invalid value"));
+                continue;
+            };
+            header_value.set_sensitive(true);
+            headers.append(header_name, header_value);
+            if value.len() >= MIN_SCRUBBED_LEN {
+                secrets.push(value.clone());
+            }
+        }
+        // Longest first, so a value containing another is scrubbed whole.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        StreamableHttpClient {
+            http,
+            inner: Arc::new(Inner {
+                url: config.url,
+                headers,
+                secrets,
+                config_error,
+                timeout: config.timeout,
+                max_event_bytes: config.max_event_bytes,
+                max_body_bytes: config.max_body_bytes,
+            }),
+        }
+    }
+
+    /// The endpoint this client talks to.
+    pub fn url(&self) -> &url::Url {
+        &self.inner.url
+    }
+
+    /// POSTs one JSON-RPC message (or, for 2025-03-26, a batch) with `Accept: application/json,
+    /// text/event-stream`, `Content-Type: application/json`, the configured headers, and
+    /// `Mcp-Session-Id` / `MCP-Protocol-Version` when given.
+    ///
+    /// The timeout bounds the whole call for a JSON answer; for a stream it bounds the wait for
+    /// the headers, then each silence between chunks.
+    pub async fn post(
+        &self,
+        message: &Value,
+        session: Option<&str>,
+        protocol_version: Option<&str>,
+    ) -> Result<PostResponse, UpstreamError> {
+        let body = serde_json::to_vec(message)
+            .map_err(|e| UpstreamError::Protocol(format!("cannot serialize the message: {e}")))?;
+        self.post_bytes(body, session, protocol_version).await
+    }
+
+    /// [`post`](Self::post) for a body already serialized (passed through unchanged).
+    pub async fn post_bytes(
+        &self,
+        body: impl Into<Bytes>,
+        session: Option<&str>,
+        protocol_version: Option<&str>,
+    ) -> Result<PostResponse, UpstreamError> {
+        let deadline = Instant::now() + self.inner.timeout;
+        let request = self
+            .request(Method::POST, session, protocol_version)?
+            .header(header::ACCEPT, ACCEPT_BOTH)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body.into());
+        let response = self.send(request, deadline).await?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(self
+                .status_error(response, session.is_some(), deadline)
+                .await);
+        }
+        if status == StatusCode::ACCEPTED {
+            return Ok(PostResponse::Accepted);
+        }
+        let session_id = session_id_of(response.headers())?;
+        match content_kind(response.headers()) {
+            ContentKind::EventStream => Ok(PostResponse::Stream {
+                session_id,
+                events: self.event_stream(response, Some(self.inner.timeout)),
+            }),
+            ContentKind::Other(content_type) => Err(UpstreamError::NotMcp(format!(
+                "unexpected content type {}",
+                self.scrub(&content_type)
+            ))),
+            kind @ (ContentKind::Json | ContentKind::Missing) => {
+                let body = self.read_body(response, deadline).await?;
+                // Some servers answer a notification with an empty 200 instead of 202.
+                if body.iter().all(u8::is_ascii_whitespace) {
+                    return Ok(PostResponse::Accepted);
+                }
+                if kind == ContentKind::Missing {
+                    return Err(UpstreamError::NotMcp(
+                        "a 2xx answer with a body but no content type".into(),
+                    ));
+                }
+                Ok(PostResponse::Json {
+                    message: parse_json_rpc(&body)?,
+                    session_id,
+                })
+            }
+        }
+    }
+
+    /// Sends `initialize` with `params` (`protocolVersion`, `capabilities`, `clientInfo`), then
+    /// `notifications/initialized` on the new session.
+    ///
+    /// Fails with [`UpstreamError::Rejected`] when the upstream answers with a JSON-RPC error,
+    /// and [`UpstreamError::Protocol`] when the result lacks `protocolVersion`. The version is
+    /// returned as the upstream gave it; whether the gateway can speak it is the caller's call.
+    pub async fn initialize(&self, params: Value) -> Result<Initialized, UpstreamError> {
+        let id = RequestId::Number(0);
+        let request = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": params});
+        let (response, session_id) = match self.post(&request, None, None).await? {
+            PostResponse::Accepted => {
+                return Err(UpstreamError::Protocol(
+                    "initialize was answered with no result".into(),
+                ));
+            }
+            PostResponse::Json {
+                message,
+                session_id,
+            } => (message, session_id),
+            PostResponse::Stream {
+                session_id,
+                mut events,
+            } => (
+                collect_until_response(&mut events, &id).await?.1,
+                session_id,
+            ),
+        };
+        let response = match Message::from_value(response) {
+            Ok(Message::Response(r)) if r.id.as_ref().is_none_or(|r| r == &id) => r,
+            _ => {
+                return Err(UpstreamError::Protocol(
+                    "initialize was not answered with its response".into(),
+                ));
+            }
+        };
+        let result = response.outcome.map_err(UpstreamError::Rejected)?;
+        let protocol_version = result
+            .get("protocolVersion")
+            .and_then(Value::as_str)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| {
+                UpstreamError::Protocol("the initialize result has no protocolVersion".into())
+            })?
+            .to_owned();
+        let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+        // Any 2xx will do (202 is expected; a stream would carry nothing for a notification).
+        self.post(&initialized, session_id.as_deref(), Some(&protocol_version))
+            .await?;
+        Ok(Initialized {
+            result,
+            session_id,
+            protocol_version,
+        })
+    }
+
+    /// GETs the server-initiated SSE stream, resuming after `last_event_id` when given.
+    /// `Ok(None)` when the upstream offers none (405). The stream has no idle timeout; set one
+    /// with [`EventStream::with_idle_timeout`] if the upstream sends keep-alives.
+    pub async fn open_stream(
+        &self,
+        session: Option<&str>,
+        protocol_version: Option<&str>,
+        last_event_id: Option<&str>,
+    ) -> Result<Option<EventStream>, UpstreamError> {
+        let deadline = Instant::now() + self.inner.timeout;
+        let mut request = self
+            .request(Method::GET, session, protocol_version)?
+            .header(header::ACCEPT, "text/event-stream");
+        if let Some(id) = last_event_id {
+            request = request.header(LAST_EVENT_ID, header_value(id, "the last event id")?);
+        }
+        let response = self.send(request, deadline).await?;
+        let status = response.status();
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(self
+                .status_error(response, session.is_some(), deadline)
+                .await);
+        }
+        match content_kind(response.headers()) {
+            ContentKind::EventStream => Ok(Some(self.event_stream(response, None))),
+            ContentKind::Json | ContentKind::Missing => Err(UpstreamError::NotMcp(
+                "the GET stream is not text/event-stream".into(),
+            )),
+            ContentKind::Other(content_type) => Err(UpstreamError::NotMcp(format!(
+                "unexpected content type {}",
+                self.scrub(&content_type)
+            ))),
+        }
+    }
+
+    /// Ends `session` with DELETE. An upstream that does not allow it (405) or no longer knows
+    /// the session (404, or 400 about the session) is fine.
+    pub async fn delete_session(
+        &self,
+        session: &str,
+        protocol_version: Option<&str>,
+    ) -> Result<(), UpstreamError> {
+        let deadline = Instant::now() + self.inner.timeout;
+        let request = self.request(Method::DELETE, Some(session), protocol_version)?;
+        let response = self.send(request, deadline).await?;
+        let status = response.status();
+        if status.is_success()
+            || status == StatusCode::NOT_FOUND
+            || status == StatusCode::METHOD_NOT_ALLOWED
+        {
+            return Ok(());
+        }
+        match self.status_error(response, true, deadline).await {
+            UpstreamError::SessionExpired => Ok(()),
+            other => Err(other),
+        }
+    }
+
+    fn request(
+        &self,
+        method: Method,
+        session: Option<&str>,
+        protocol_version: Option<&str>,
+    ) -> Result<reqwest::RequestBuilder, UpstreamError> {
+        if let Some(e) = &self.inner.config_error {
+            return Err(UpstreamError::Config(e.clone()));
+        }
+        let mut headers = self.inner.headers.clone();
+        if let Some(session) = session {
+            headers.insert(SESSION_ID, header_value(session, "the session id")?);
+        }
+        if let Some(version) = protocol_version {
+            headers.insert(
+                PROTOCOL_VERSION,
+                header_value(version, "the protocol version")?,
+            );
+        }
+        Ok(self
+            .http
+            .request(method, self.inner.url.clone())
+            .headers(headers))
+    }
+
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        deadline: Instant,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        match tokio::time::timeout_at(deadline, request.send()).await {
+            Err(_) => Err(UpstreamError::Timeout(self.inner.timeout)),
+            Ok(Err(e)) => Err(self.map_error(e)),
+            Ok(Ok(response)) => Ok(response),
+        }
+    }
+
+    /// Reads a JSON body, refusing more than `max_body_bytes`.
+    async fn read_body(
+        &self,
+        mut response: reqwest::Response,
+        deadline: Instant,
+    ) -> Result<Bytes, UpstreamError> {
+        let limit = self.inner.max_body_bytes;
+        if response.content_length().is_some_and(|n| n > limit as u64) {
+            return Err(UpstreamError::TooLarge(limit));
+        }
+        let mut body = BytesMut::new();
+        loop {
+            match tokio::time::timeout_at(deadline, response.chunk()).await {
+                Err(_) => return Err(UpstreamError::Timeout(self.inner.timeout)),
+                Ok(Err(e)) => return Err(self.map_error(e)),
+                Ok(Ok(None)) => return Ok(body.freeze()),
+                Ok(Ok(Some(chunk))) => {
+                    if body.len() + chunk.len() > limit {
+                        return Err(UpstreamError::TooLarge(limit));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+            }
+        }
+    }
+
+    /// The error for a non-2xx answer. `sent_session`: the request carried a session id.
+    async fn status_error(
+        &self,
+        mut response: reqwest::Response,
+        sent_session: bool,
+        deadline: Instant,
+    ) -> UpstreamError {
+        let status = response.status();
+        // The start of the body is enough to classify and report; a body that cannot be read
+        // in time does not change the answer.
+        let mut body = Vec::new();
+        while body.len() < ERROR_BODY_READ {
+            match tokio::time::timeout_at(deadline, response.chunk()).await {
+                Ok(Ok(Some(chunk))) => body.extend_from_slice(&chunk),
+                _ => break,
+            }
+        }
+        body.truncate(ERROR_BODY_READ);
+        let text = String::from_utf8_lossy(&body);
+        if status == StatusCode::NOT_FOUND && sent_session
+            || status == StatusCode::BAD_REQUEST && text.to_lowercase().contains("session")
+        {
+            return UpstreamError::SessionExpired;
+        }
+        let kept = String::from_utf8_lossy(&body[..body.len().min(ERROR_BODY_KEPT)]);
+        UpstreamError::Status {
+            status: status.as_u16(),
+            body: self.scrub(kept.trim_end_matches('\u{FFFD}').trim()),
+        }
+    }
+
+    fn event_stream(&self, response: reqwest::Response, idle: Option<Duration>) -> EventStream {
+        let client = self.clone();
+        let bytes = futures_util::stream::unfold(Some(response), move |response| {
+            let client = client.clone();
+            async move {
+                let mut response = response?;
+                match response.chunk().await {
+                    Ok(Some(chunk)) => Some((Ok(chunk), Some(response))),
+                    Ok(None) => None,
+                    Err(e) => Some((Err(client.map_error(e)), None)),
+                }
+            }
+        });
+        EventStream::new(bytes, self.inner.max_event_bytes).with_idle_timeout(idle)
+    }
+
+    fn map_error(&self, error: reqwest::Error) -> UpstreamError {
+        if error.is_builder() {
+            return UpstreamError::Config(self.scrub(&plain_cause(&error)));
+        }
+        if error.is_timeout() && !error.is_connect() {
+            return UpstreamError::Timeout(self.inner.timeout);
+        }
+        UpstreamError::Connect(self.scrub(&plain_cause(&error)))
+    }
+
+    /// `text` with every configured header value replaced.
+    fn scrub(&self, text: &str) -> String {
+        let mut text = text.to_owned();
+        for secret in &self.inner.secrets {
+            if text.contains(secret.as_str()) {
+                text = text.replace(secret.as_str(), "[redacted]");
+            }
+        }
+        text
+    }
+}
+
+impl std::fmt::Debug for StreamableHttpClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.inner.headers.keys().map(HeaderName::as_str).collect();
+        f.debug_struct("StreamableHttpClient")
+            .field("url", &super::display_url(&self.inner.url))
+            .field("headers", &names)
+            .field("timeout", &self.inner.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum ContentKind {
+    Json,
+    EventStream,
+    Missing,
+    Other(String),
+}
+
+fn content_kind(headers: &HeaderMap) -> ContentKind {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return ContentKind::Missing;
+    };
+    let raw = String::from_utf8_lossy(value.as_bytes());
+    let essence = raw
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "application/json" => ContentKind::Json,
+        "text/event-stream" => ContentKind::EventStream,
+        _ => ContentKind::Other(raw.chars().take(100).collect()),
+    }
+}
+
+/// The `Mcp-Session-Id` of an answer, which must be visible ASCII.
+fn session_id_of(headers: &HeaderMap) -> Result<Option<String>, UpstreamError> {
+    let Some(value) = headers.get(SESSION_ID) else {
+        return Ok(None);
+    };
+    let bytes = value.as_bytes();
+    if bytes.is_empty() || !bytes.iter().all(|b| (0x21..=0x7E).contains(b)) {
+        return Err(UpstreamError::Protocol(
+            "the upstream set a session id that is not visible ASCII".into(),
+        ));
+    }
+    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+fn header_value(value: &str, what: &str) -> Result<HeaderValue, UpstreamError> {
+    HeaderValue::from_str(value)
+        .map_err(|_| UpstreamError::Protocol(format!("{what} is not a valid header value")))
+}
+
+/// A JSON body checked to be JSON-RPC (one message or a batch).
+fn parse_json_rpc(body: &[u8]) -> Result<Value, UpstreamError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| UpstreamError::NotMcp(format!("the body is not JSON ({e})")))?;
+    let valid = match &value {
+        Value::Array(items) => {
+            !items.is_empty()
+                && items
+                    .iter()
+                    .all(|item| Message::from_value(item.clone()).is_ok())
+        }
+        single => Message::from_value(single.clone()).is_ok(),
+    };
+    if !valid {
+        return Err(UpstreamError::NotMcp(
+            "the body is JSON but not a JSON-RPC message".into(),
+        ));
+    }
+    Ok(value)
+}
+
+/// The innermost cause of a transport error in plain words, without the URL.
+fn plain_cause(error: &reqwest::Error) -> String {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    let mut innermost: &(dyn std::error::Error + 'static) = error;
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind;
+            let words = match io.kind() {
+                ErrorKind::ConnectionRefused => "connection refused",
+                ErrorKind::ConnectionReset => "connection reset",
+                ErrorKind::ConnectionAborted => "connection aborted",
+                ErrorKind::TimedOut => "connection timed out",
+                ErrorKind::AddrNotAvailable => "address not available",
+                ErrorKind::HostUnreachable => "host unreachable",
+                ErrorKind::NetworkUnreachable => "network unreachable",
+                ErrorKind::UnexpectedEof => "connection closed early",
+                _ => return io.to_string(),
+            };
+            return words.to_owned();
+        }
+        innermost = e;
+        source = e.source();
+    }
+    if std::ptr::addr_eq(innermost, error) {
+        if error.is_timeout() {
+            return "connection timed out".into();
+        }
+        return "request failed".into();
+    }
+    innermost.to_string()
+}

@@ -1,0 +1,224 @@
+//! A running gateway for end-to-end tests: a fresh database seeded with an organization, a
+//! registered server (pointing at a test upstream) and an agent, and the gateway's router served
+//! on 127.0.0.1:0.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_gateway::{Gateway, GatewayConfig};
+use portcullis_store::agents::{self, AgentKey, NewAgent};
+use portcullis_store::crypto::SecretKey;
+use portcullis_store::orgs::{self, NewAccount};
+use portcullis_store::policies;
+use portcullis_store::servers::{self, NewServer, ServerSecrets};
+use portcullis_store::testing::{TestDatabase, fresh_database};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// A gateway with one organization, one server and one agent.
+pub struct TestGateway {
+    /// `http://127.0.0.1:PORT`
+    pub base_url: String,
+    pub db: TestDatabase,
+    pub gateway: Arc<Gateway>,
+    pub key: SecretKey,
+    pub org_id: Uuid,
+    pub user_id: Uuid,
+    pub server_id: Uuid,
+    pub agent_id: Uuid,
+    /// The agent's key, as an MCP client presents it.
+    pub agent_key: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts a gateway whose server points at `upstream_url`, with `policy` published (or none).
+pub async fn start(upstream_url: &str, policy: Option<Value>) -> TestGateway {
+    start_with(upstream_url, policy, GatewayConfig::default()).await
+}
+
+pub async fn start_with(
+    upstream_url: &str,
+    policy: Option<Value>,
+    config: GatewayConfig,
+) -> TestGateway {
+    let db = fresh_database().await.expect("a test database");
+    let (user, org) = orgs::create_account(
+        &db.pool,
+        &NewAccount {
+            email: "owner@example.com",
+            password_hash: "unused",
+            org_slug: "acme",
+            org_name: "Acme",
+        },
+    )
+    .await
+    .expect("an account");
+    let server = servers::insert(
+        &db.pool,
+        org.id,
+        &NewServer {
+            name: "test upstream",
+            url: Some(upstream_url),
+            command: None,
+            header_names: &[],
+            secrets: ServerSecrets::default(),
+            transport_requested: "auto",
+            transport: "streamable_http",
+            protocol_version: None,
+            server_info: None,
+        },
+    )
+    .await
+    .expect("a server");
+    let (agent_id, agent_key) = add_agent(&db, org.id, "test agent", None).await;
+    if let Some(policy) = &policy {
+        publish_on(&db, org.id, server.id, None, policy).await;
+    }
+    let key = SecretKey::generate().expect("a secret key");
+    let gateway = Gateway::start(db.pool.clone(), &key, config)
+        .await
+        .expect("the gateway starts");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let app = portcullis_gateway::router(gateway.clone());
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.ok();
+    });
+    TestGateway {
+        base_url: format!("http://{addr}"),
+        db,
+        gateway,
+        key,
+        org_id: org.id,
+        user_id: user.id,
+        server_id: server.id,
+        agent_id,
+        agent_key,
+        task,
+    }
+}
+
+/// Creates an agent; `servers: None` grants every server.
+pub async fn add_agent(
+    db: &TestDatabase,
+    org_id: Uuid,
+    name: &str,
+    servers: Option<&[Uuid]>,
+) -> (Uuid, String) {
+    let key = AgentKey::generate().expect("a key");
+    let agent = agents::insert(
+        &db.pool,
+        org_id,
+        &NewAgent {
+            name,
+            key_hash: &key.digest(),
+            key_prefix: key.prefix(),
+            servers,
+            created_by: None,
+        },
+    )
+    .await
+    .expect("an agent");
+    (agent.id, key.expose().to_owned())
+}
+
+/// Saves and publishes a policy (the server's, or one agent's).
+pub async fn publish_on(
+    db: &TestDatabase,
+    org_id: Uuid,
+    server_id: Uuid,
+    agent_id: Option<Uuid>,
+    policy: &Value,
+) -> i32 {
+    portcullis_policy::Policy::from_value(policy).expect("a valid policy");
+    let id = policies::put_draft(&db.pool, org_id, server_id, agent_id, policy, None)
+        .await
+        .expect("a draft");
+    policies::publish(&db.pool, org_id, id, None)
+        .await
+        .expect("published")
+        .version
+}
+
+impl TestGateway {
+    /// The gateway URL of the server.
+    pub fn mcp_url(&self) -> String {
+        format!("{}/mcp/{}", self.base_url, self.server_id)
+    }
+
+    /// Publishes `policy` and waits (at most 5 s) until this gateway enforces that version.
+    pub async fn publish(&self, policy: &Value) {
+        let version = publish_on(&self.db, self.org_id, self.server_id, None, policy).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let current = self
+                .gateway
+                .policies
+                .lookup(self.server_id, self.agent_id)
+                .map(|p| p.version);
+            if current == Some(version) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "version {version} not enforced within 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Redis for tests: `REDIS_URL`, or the machine's Redis on 127.0.0.1:6379.
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// Another gateway process's worth of state (its own caches, counters and listener) on the
+/// same database and secret key, served on its own port.
+pub struct Replica {
+    pub base_url: String,
+    pub gateway: Arc<Gateway>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Replica {
+    pub fn mcp_url(&self, server_id: Uuid) -> String {
+        format!("{}/mcp/{}", self.base_url, server_id)
+    }
+}
+
+impl TestGateway {
+    /// Starts another gateway on the same database and key.
+    pub async fn replica(&self, config: GatewayConfig) -> Replica {
+        let gateway = Gateway::start(self.db.pool.clone(), &self.key, config)
+            .await
+            .expect("the replica starts");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let app = portcullis_gateway::router(gateway.clone());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.ok();
+        });
+        Replica {
+            base_url: format!("http://{addr}"),
+            gateway,
+            task,
+        }
+    }
+}
