@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt as _;
 use portcullis_gateway::{Gateway, GatewayConfig};
 use portcullis_store::agents::{self, AgentKey, NewAgent};
 use portcullis_store::crypto::SecretKey;
@@ -47,6 +48,35 @@ pub async fn start_with(
     policy: Option<Value>,
     config: GatewayConfig,
 ) -> TestGateway {
+    let seeded = seed(upstream_url, policy).await;
+    let key = SecretKey::generate().expect("a secret key");
+    let (gateway, addr, task) = serve(&seeded.db, &key, config).await;
+    TestGateway {
+        base_url: format!("http://{addr}"),
+        db: seeded.db,
+        gateway,
+        key,
+        org_id: seeded.org_id,
+        user_id: seeded.user_id,
+        server_id: seeded.server_id,
+        agent_id: seeded.agent_id,
+        agent_key: seeded.agent_key,
+        task,
+    }
+}
+
+/// A fresh database with one organization, one server pointing at an upstream, one agent with
+/// access to every server, and a published policy (if given).
+pub struct Seeded {
+    pub db: TestDatabase,
+    pub org_id: Uuid,
+    pub user_id: Uuid,
+    pub server_id: Uuid,
+    pub agent_id: Uuid,
+    pub agent_key: String,
+}
+
+pub async fn seed(upstream_url: &str, policy: Option<Value>) -> Seeded {
     let db = fresh_database().await.expect("a test database");
     let (user, org) = orgs::create_account(
         &db.pool,
@@ -80,30 +110,44 @@ pub async fn start_with(
     if let Some(policy) = &policy {
         publish_on(&db, org.id, server.id, None, policy).await;
     }
-    let key = SecretKey::generate().expect("a secret key");
-    let gateway = Gateway::start(db.pool.clone(), &key, config)
-        .await
-        .expect("the gateway starts");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("address");
-    let app = portcullis_gateway::router(gateway.clone());
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app).await.ok();
-    });
-    TestGateway {
-        base_url: format!("http://{addr}"),
+    Seeded {
         db,
-        gateway,
-        key,
         org_id: org.id,
         user_id: user.id,
         server_id: server.id,
         agent_id,
         agent_key,
-        task,
     }
+}
+
+/// Starts a gateway and serves its router on 127.0.0.1:0 (with TCP_NODELAY, as the binary
+/// does). Unless the test says otherwise, the hosts allowed are the bound address's names.
+async fn serve(
+    db: &TestDatabase,
+    key: &SecretKey,
+    mut config: GatewayConfig,
+) -> (
+    Arc<Gateway>,
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    if config.allowed_hosts.is_empty() {
+        config.allowed_hosts = vec![addr.to_string(), format!("localhost:{}", addr.port())];
+    }
+    let gateway = Gateway::start(db.pool.clone(), key, config)
+        .await
+        .expect("the gateway starts");
+    let app = portcullis_gateway::router(gateway.clone());
+    let task = tokio::spawn(async move {
+        axum::serve(listener.tap_io(|tcp| drop(tcp.set_nodelay(true))), app)
+            .await
+            .ok();
+    });
+    (gateway, addr, task)
 }
 
 /// Creates an agent; `servers: None` grants every server.
@@ -204,17 +248,7 @@ impl Replica {
 impl TestGateway {
     /// Starts another gateway on the same database and key.
     pub async fn replica(&self, config: GatewayConfig) -> Replica {
-        let gateway = Gateway::start(self.db.pool.clone(), &self.key, config)
-            .await
-            .expect("the replica starts");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("address");
-        let app = portcullis_gateway::router(gateway.clone());
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.ok();
-        });
+        let (gateway, addr, task) = serve(&self.db, &self.key, config).await;
         Replica {
             base_url: format!("http://{addr}"),
             gateway,

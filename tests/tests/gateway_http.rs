@@ -232,6 +232,35 @@ async fn bad_input_gets_the_right_status_and_error() {
         .unwrap();
     assert_eq!(good_origin.status(), StatusCode::OK);
 
+    let rebinding = reqwest::Client::new()
+        .post(gw.mcp_url())
+        .header("accept", ACCEPT)
+        .header("host", "evil.example.com")
+        .bearer_auth(&gw.agent_key)
+        .body(initialize_body().to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        rebinding.status(),
+        StatusCode::FORBIDDEN,
+        "a foreign Host is refused"
+    );
+    let same_origin = reqwest::Client::new()
+        .post(gw.mcp_url())
+        .header("accept", ACCEPT)
+        .header("origin", &gw.base_url)
+        .bearer_auth(&gw.agent_key)
+        .body(initialize_body().to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        same_origin.status(),
+        StatusCode::OK,
+        "the gateway's own origin is allowed"
+    );
+
     let json_only = reqwest::Client::new()
         .post(gw.mcp_url())
         .header("accept", "application/json")
@@ -271,4 +300,56 @@ async fn a_dead_upstream_is_a_clear_json_rpc_error() {
         message.to_lowercase().contains("connect") || message.to_lowercase().contains("refused"),
         "{message}"
     );
+}
+
+#[tokio::test]
+async fn an_expired_upstream_session_is_reopened_transparently() {
+    let upstream = TestUpstream::start().await;
+    let gw = gateway::start(
+        &upstream.url,
+        Some(json!({"version": "1", "default": "allow"})),
+    )
+    .await;
+    let session = open_session(&gw).await;
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string();
+    assert_eq!(
+        post(
+            &gw,
+            Some(&gw.agent_key),
+            Some(&session),
+            initialized.as_bytes()
+        )
+        .await
+        .status(),
+        StatusCode::ACCEPTED
+    );
+
+    // End the upstream session behind the gateway's back (as an upstream restart would).
+    let opened = portcullis_gateway::session::SessionSealer::new(&gw.key)
+        .open(&session)
+        .unwrap();
+    let upstream_session = opened
+        .upstream_session
+        .expect("the upstream gave a session id");
+    let deleted = reqwest::Client::new()
+        .delete(&upstream.url)
+        .header("mcp-session-id", &upstream_session)
+        .send()
+        .await
+        .unwrap();
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+
+    let call = json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+                      "params": {"name": "echo", "arguments": {"text": "after expiry"}}});
+    let resp = post(
+        &gw,
+        Some(&gw.agent_key),
+        Some(&session),
+        call.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("after expiry"), "{text}");
+    assert_eq!(upstream.calls("echo"), 1);
 }

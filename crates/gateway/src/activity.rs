@@ -11,6 +11,9 @@ use tokio::sync::mpsc;
 const QUEUE: usize = 10_000;
 /// Events per insert, at most.
 const BATCH: usize = 500;
+/// How long the writer gathers events after the first before writing them: under load, one
+/// insert per this interval instead of one per call (each commit costs PostgreSQL a WAL flush).
+const LINGER: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone)]
 pub struct ActivitySink {
@@ -24,6 +27,14 @@ impl ActivitySink {
         let task = tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
             while rx.recv_many(&mut batch, BATCH).await > 0 {
+                let deadline = tokio::time::Instant::now() + LINGER;
+                while batch.len() < BATCH {
+                    let room = BATCH - batch.len();
+                    match tokio::time::timeout_at(deadline, rx.recv_many(&mut batch, room)).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
                 let mut delay = Duration::from_millis(100);
                 loop {
                     match activity::insert_batch(&db, &batch).await {

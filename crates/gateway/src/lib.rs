@@ -29,9 +29,13 @@ use uuid::Uuid;
 /// Settings of the data plane.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
-    /// Browser origins allowed to call the MCP endpoint (an `Origin` header not listed → 403;
-    /// requests without `Origin`, as MCP clients send them, pass).
+    /// Browser origins allowed to call the MCP endpoint besides the gateway's own (an `Origin`
+    /// header neither listed nor same-origin → 403; requests without `Origin`, as MCP clients
+    /// send them, pass).
     pub allowed_origins: Vec<String>,
+    /// `Host` values served (`host:port` as clients send it); anything else → 403, against DNS
+    /// rebinding. Empty: any host (then only listed origins pass).
+    pub allowed_hosts: Vec<String>,
     /// Largest request body accepted (413 beyond).
     pub max_body_bytes: usize,
     /// Timeout of every upstream call.
@@ -46,6 +50,7 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
             allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
             max_body_bytes: 4 * 1024 * 1024,
             upstream_timeout: Duration::from_secs(60),
             policy_reload: Duration::from_secs(30),

@@ -115,19 +115,35 @@ struct Caller {
 }
 
 async fn admit(gw: &Gateway, server: &str, headers: &HeaderMap) -> Result<Caller, Response> {
+    let forbidden = |message: &str| {
+        rpc_error(
+            StatusCode::FORBIDDEN,
+            None,
+            ErrorObject::new(code::SERVER_ERROR, format!("Forbidden: {message}")),
+        )
+    };
+    // DNS rebinding: a page on evil.example.com that resolves to this gateway sends
+    // `Host: evil.example.com`. With allowed hosts configured, only those are served.
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let hosts = &gw.config.allowed_hosts;
+    let host_allowed = host.is_some_and(|h| hosts.iter().any(|a| a.eq_ignore_ascii_case(h)));
+    if !hosts.is_empty() && !host_allowed {
+        return Err(forbidden("Host header is not allowed"));
+    }
     if let Some(origin) = headers.get(header::ORIGIN) {
-        let allowed = origin.to_str().is_ok_and(|o| {
-            gw.config
-                .allowed_origins
-                .iter()
-                .any(|a| a.eq_ignore_ascii_case(o))
-        });
-        if !allowed {
-            return Err(rpc_error(
-                StatusCode::FORBIDDEN,
-                None,
-                ErrorObject::new(code::SERVER_ERROR, "Forbidden: this Origin is not allowed"),
-            ));
+        let origin = origin.to_str().unwrap_or("");
+        let listed = gw
+            .config
+            .allowed_origins
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(origin));
+        // Same origin: the page was served by an allowed host of this gateway.
+        let same_origin = host_allowed
+            && origin.split_once("://").is_some_and(|(_, authority)| {
+                host.is_some_and(|h| authority.eq_ignore_ascii_case(h))
+            });
+        if !listed && !same_origin {
+            return Err(forbidden("this Origin is not allowed"));
         }
     }
     let authorization = headers
@@ -324,6 +340,7 @@ pub async fn post(
         caller,
         session,
         upstream,
+        client_version: client_version(&headers),
     };
     match message {
         Message::Request(req) => match req.method.as_str() {
@@ -336,7 +353,7 @@ pub async fn post(
         },
         other => {
             let raw = other.to_value();
-            match ctx.post_upstream(&raw).await {
+            match ctx.post_upstream(&raw, ctx.client_version.as_deref()).await {
                 Ok(_) => StatusCode::ACCEPTED.into_response(),
                 Err(e) => rpc_error(StatusCode::BAD_GATEWAY, None, e.to_error_object()),
             }
@@ -403,6 +420,13 @@ fn chrono_now_secs() -> i64 {
         .unwrap_or(0)
 }
 
+fn client_version(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(VERSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 fn id_value(id: &RequestId) -> Value {
     match id {
         RequestId::Number(n) => Value::from(*n),
@@ -416,9 +440,26 @@ struct Ctx {
     caller: Caller,
     session: Session,
     upstream: Arc<Upstream>,
+    /// The `MCP-Protocol-Version` the client sent with this request, passed on as it is (an
+    /// upstream decides per request what to send, e.g. SSE priming events only from 2025-11-25).
+    client_version: Option<String>,
 }
 
 impl Ctx {
+    /// Admission, the session, and its upstream: what GET and DELETE need.
+    async fn open(gw: &Arc<Gateway>, server: &str, headers: &HeaderMap) -> Result<Ctx, Response> {
+        let caller = admit(gw, server, headers).await?;
+        let session = session_of(gw, &caller, headers)?;
+        let upstream = upstream_of(gw, &caller, None).await?;
+        Ok(Ctx {
+            gw: gw.clone(),
+            caller,
+            session,
+            upstream,
+            client_version: client_version(headers),
+        })
+    }
+
     fn upstream_session(&self) -> Option<String> {
         let reopened = self
             .gw
@@ -432,10 +473,14 @@ impl Ctx {
             .or_else(|| self.session.upstream_session.clone())
     }
 
-    /// POSTs to the upstream in this session; when the upstream has forgotten the session, opens
-    /// a new one with the client's original `initialize` and tries once more.
-    async fn post_upstream(&self, message: &Value) -> Result<PostResponse, UpstreamError> {
-        let version = Some(self.session.protocol_version.as_str());
+    /// POSTs to the upstream in this session (with `version` as `MCP-Protocol-Version`); when
+    /// the upstream has forgotten the session, opens a new one with the client's original
+    /// `initialize` and tries once more.
+    async fn post_upstream(
+        &self,
+        message: &Value,
+        version: Option<&str>,
+    ) -> Result<PostResponse, UpstreamError> {
         let session = self.upstream_session();
         match self
             .upstream
@@ -475,7 +520,10 @@ impl Ctx {
         raw: &Value,
         reservation: Option<Reservation>,
     ) -> Response {
-        match self.post_upstream(raw).await {
+        match self
+            .post_upstream(raw, self.client_version.as_deref())
+            .await
+        {
             Ok(PostResponse::Json { message, .. }) => {
                 if let Some(r) = reservation
                     && message.get("error").is_some()
@@ -573,9 +621,11 @@ impl Ctx {
         }
     }
 
-    /// Every tool the upstream lists now, following its cursors.
-    async fn upstream_tools(&self) -> Result<Vec<Value>, UpstreamError> {
+    /// Every tool the upstream lists now, following its cursors, and whether it answered on an
+    /// SSE stream (the gateway then answers its client the same way).
+    async fn upstream_tools(&self) -> Result<(Vec<Value>, bool), UpstreamError> {
         let mut tools = Vec::new();
+        let mut streamed = false;
         let mut cursor: Option<Value> = None;
         for page in 0..MAX_UPSTREAM_PAGES {
             let id = RequestId::String(format!(
@@ -592,9 +642,12 @@ impl Ctx {
                 params: Some(Value::Object(params)),
             })
             .to_value();
-            let message = match self.post_upstream(&request).await? {
+            // The gateway's own request, in the session's negotiated version.
+            let version = Some(self.session.protocol_version.as_str());
+            let message = match self.post_upstream(&request, version).await? {
                 PostResponse::Json { message, .. } => message,
                 PostResponse::Stream { mut events, .. } => {
+                    streamed = true;
                     collect_until_response(&mut events, &id).await?.1
                 }
                 PostResponse::Accepted => {
@@ -633,7 +686,7 @@ impl Ctx {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(self.caller.server_id, (Arc::new(catalog), Instant::now()));
-        Ok(tools)
+        Ok((tools, streamed))
     }
 
     async fn catalog(&self) -> Option<Arc<Catalog>> {
@@ -689,7 +742,7 @@ impl Ctx {
                 );
             }
         };
-        let tools = match self.upstream_tools().await {
+        let (tools, streamed) = match self.upstream_tools().await {
             Ok(t) => t,
             Err(e) => return rpc_error(StatusCode::OK, Some(req.id), e.to_error_object()),
         };
@@ -716,7 +769,16 @@ impl Ctx {
         if offset + PAGE_SIZE < visible.len() {
             result["nextCursor"] = Value::from(encode_cursor(offset + PAGE_SIZE));
         }
-        json_message(&Message::result(req.id, result).to_value(), None)
+        let answer = Message::result(req.id, result).to_value();
+        if streamed {
+            // Answer in the framing the upstream chose.
+            let event = encode_event(&SseEvent::message(answer.to_string()));
+            sse_response(futures_util::stream::once(
+                async move { Ok(Bytes::from(event)) },
+            ))
+        } else {
+            json_message(&answer, None)
+        }
     }
 
     async fn tools_call(&self, req: Request) -> Response {
@@ -900,23 +962,9 @@ pub async fn get(
     Path(server): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let caller = match admit(&gw, &server, &headers).await {
-        Ok(c) => c,
+    let ctx = match Ctx::open(&gw, &server, &headers).await {
+        Ok(ctx) => ctx,
         Err(r) => return r,
-    };
-    let session = match session_of(&gw, &caller, &headers) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    let upstream = match upstream_of(&gw, &caller, None).await {
-        Ok(u) => u,
-        Err(r) => return r,
-    };
-    let ctx = Ctx {
-        gw: gw.clone(),
-        caller,
-        session,
-        upstream,
     };
     let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
     let upstream_session = ctx.upstream_session();
@@ -981,29 +1029,24 @@ pub async fn delete(
     Path(server): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let caller = match admit(&gw, &server, &headers).await {
-        Ok(c) => c,
+    let ctx = match Ctx::open(&gw, &server, &headers).await {
+        Ok(ctx) => ctx,
         Err(r) => return r,
     };
-    let session = match session_of(&gw, &caller, &headers) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    if let Ok(upstream) = upstream_of(&gw, &caller, None).await {
-        let reopened = gw
-            .mcp
-            .reopened
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&session.id);
-        if let Some(up) = reopened.or(session.upstream_session.clone())
-            && let Err(e) = upstream
-                .client
-                .delete_session(&up, Some(&session.protocol_version))
-                .await
-        {
-            tracing::debug!(error = %e, "upstream session delete failed");
-        }
+    let upstream_session = ctx.upstream_session();
+    gw.mcp
+        .reopened
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&ctx.session.id);
+    if let Some(up) = upstream_session
+        && let Err(e) = ctx
+            .upstream
+            .client
+            .delete_session(&up, Some(&ctx.session.protocol_version))
+            .await
+    {
+        tracing::debug!(error = %e, "upstream session delete failed");
     }
     StatusCode::OK.into_response()
 }

@@ -104,6 +104,12 @@ pub struct ServerOpts {
     #[arg(long, env = "PORTCULLIS_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
+    /// Host names (host:port, as clients send them) the MCP endpoint answers to, comma-separated,
+    /// besides the public URL's and, on a loopback address, localhost's: anything else is refused
+    /// (DNS rebinding protection).
+    #[arg(long, env = "PORTCULLIS_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
+
     /// Largest MCP request body accepted, in bytes (413 beyond).
     #[arg(long, env = "PORTCULLIS_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -121,6 +127,30 @@ pub struct ServerOpts {
 }
 
 impl ServerOpts {
+    /// The `Host` values to serve: the configured ones, the public URL's, and for a loopback
+    /// listener the loopback names. Empty (any host) only when listening on every address with
+    /// neither a public URL nor a list: then the operator is told to set one.
+    pub fn allowed_hosts(&self) -> Vec<String> {
+        let mut hosts = self.allowed_hosts.clone();
+        if let Some(url) = &self.public_url
+            && let Some((_, rest)) = url.split_once("://")
+        {
+            hosts.push(rest.split('/').next().unwrap_or(rest).to_owned());
+        }
+        let port = self.listen.port();
+        let ip = self.listen.ip();
+        if ip.is_loopback() {
+            hosts.extend([
+                format!("127.0.0.1:{port}"),
+                format!("localhost:{port}"),
+                format!("[::1]:{port}"),
+            ]);
+        } else if !ip.is_unspecified() {
+            hosts.push(self.listen.to_string());
+        }
+        hosts
+    }
+
     /// The origin (scheme, host, port) of the public URL.
     pub fn public_origin(&self) -> String {
         let url = self.public_url();

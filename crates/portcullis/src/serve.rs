@@ -4,6 +4,7 @@
 use std::str::FromStr as _;
 
 use anyhow::Context as _;
+use axum::serve::ListenerExt as _;
 use portcullis_store::PgPool;
 use portcullis_store::crypto::SecretKey;
 use portcullis_store::embedded::EmbeddedPostgres;
@@ -117,8 +118,15 @@ async fn serve(planes: Planes, opts: &ServerOpts, pool: &PgPool) -> anyhow::Resu
     if planes != Planes::Console {
         let mut allowed_origins = opts.allowed_origins.clone();
         allowed_origins.push(opts.public_origin());
+        let allowed_hosts = opts.allowed_hosts();
+        if allowed_hosts.is_empty() {
+            tracing::warn!(
+                "listening on every address with no --public-url or --allowed-hosts: any Host header is served (set one to protect against DNS rebinding)"
+            );
+        }
         let config = portcullis_gateway::GatewayConfig {
             allowed_origins,
+            allowed_hosts,
             max_body_bytes: opts.max_body_bytes,
             upstream_timeout: std::time::Duration::from_secs(opts.upstream_timeout),
             redis_url: opts.redis_url.clone(),
@@ -165,13 +173,19 @@ async fn serve(planes: Planes, opts: &ServerOpts, pool: &PgPool) -> anyhow::Resu
                 .await
         }
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            tracing::info!("shutting down: finishing requests in flight");
-            stop_tx.send(true).ok();
-        })
-        .await?;
+    axum::serve(
+        // Nagle's algorithm with delayed ACKs adds ~40 ms to every small answer.
+        listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        }),
+        app,
+    )
+    .with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing requests in flight");
+        stop_tx.send(true).ok();
+    })
+    .await?;
     drop(stop_rx);
     admin_task.await??;
     Ok(())

@@ -32,39 +32,64 @@ pub struct NewEvent {
     pub upstream_status: Option<i32>,
 }
 
-/// Writes a batch of events in one transaction.
+/// Writes a batch of events in one statement (columns as arrays, unnested by PostgreSQL).
 pub async fn insert_batch(pool: &PgPool, events: &[NewEvent]) -> Result<()> {
-    let mut tx = pool.begin().await?;
-    for e in events {
-        sqlx::query!(
-            "INSERT INTO activity_events (id, org_id, at, server_id, agent_id, agent_name, session,
-                 method, tool, argument_keys, arguments, decision, rule, reason, policy_id,
-                 policy_version, latency_ms, upstream_status)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
-             ON CONFLICT ON CONSTRAINT activity_events_pkey DO NOTHING",
-            e.id,
-            e.org_id,
-            e.at,
-            e.server_id,
-            e.agent_id,
-            e.agent_name,
-            e.session,
-            e.method,
-            e.tool,
-            &e.argument_keys,
-            e.arguments,
-            e.decision,
-            e.rule,
-            e.reason,
-            e.policy_id,
-            e.policy_version,
-            e.latency_ms,
-            e.upstream_status,
-        )
-        .execute(&mut *tx)
-        .await?;
+    if events.is_empty() {
+        return Ok(());
     }
-    tx.commit().await?;
+    let col = |f: fn(&NewEvent) -> Option<Uuid>| events.iter().map(f).collect::<Vec<_>>();
+    let text = |f: fn(&NewEvent) -> Option<String>| events.iter().map(f).collect::<Vec<_>>();
+    let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+    let orgs: Vec<Uuid> = events.iter().map(|e| e.org_id).collect();
+    let ats: Vec<DateTime<Utc>> = events.iter().map(|e| e.at).collect();
+    let methods: Vec<String> = events.iter().map(|e| e.method.clone()).collect();
+    let decisions: Vec<String> = events.iter().map(|e| e.decision.clone()).collect();
+    // An array of arrays of different lengths does not fit a PostgreSQL array: send each row's
+    // keys as a JSON array.
+    let keys: Vec<Value> = events
+        .iter()
+        .map(|e| Value::from(e.argument_keys.clone()))
+        .collect();
+    let arguments: Vec<Option<Value>> = events.iter().map(|e| e.arguments.clone()).collect();
+    let versions: Vec<Option<i32>> = events.iter().map(|e| e.policy_version).collect();
+    let latencies: Vec<Option<f64>> = events.iter().map(|e| e.latency_ms).collect();
+    let statuses: Vec<Option<i32>> = events.iter().map(|e| e.upstream_status).collect();
+    sqlx::query!(
+        r#"INSERT INTO activity_events (id, org_id, at, server_id, agent_id, agent_name, session,
+               method, tool, argument_keys, arguments, decision, rule, reason, policy_id,
+               policy_version, latency_ms, upstream_status)
+           SELECT u.id, u.org_id, u.at, u.server_id, u.agent_id, u.agent_name, u.session, u.method,
+                  u.tool, ARRAY(SELECT jsonb_array_elements_text(u.keys)), u.arguments, u.decision,
+                  u.rule, u.reason, u.policy_id, u.policy_version, u.latency_ms, u.upstream_status
+           FROM UNNEST($1::uuid[], $2::uuid[], $3::timestamptz[], $4::uuid[], $5::uuid[],
+                       $6::text[], $7::text[], $8::text[], $9::text[], $10::jsonb[], $11::jsonb[],
+                       $12::text[], $13::text[], $14::text[], $15::uuid[], $16::int4[],
+                       $17::float8[], $18::int4[])
+                AS u(id, org_id, at, server_id, agent_id, agent_name, session, method, tool, keys,
+                     arguments, decision, rule, reason, policy_id, policy_version, latency_ms,
+                     upstream_status)
+           ON CONFLICT ON CONSTRAINT activity_events_pkey DO NOTHING"#,
+        &ids,
+        &orgs,
+        &ats,
+        &col(|e| e.server_id) as &[Option<Uuid>],
+        &col(|e| e.agent_id) as &[Option<Uuid>],
+        &text(|e| e.agent_name.clone()) as &[Option<String>],
+        &text(|e| e.session.clone()) as &[Option<String>],
+        &methods,
+        &text(|e| e.tool.clone()) as &[Option<String>],
+        &keys,
+        &arguments as &[Option<Value>],
+        &decisions,
+        &text(|e| e.rule.clone()) as &[Option<String>],
+        &text(|e| e.reason.clone()) as &[Option<String>],
+        &col(|e| e.policy_id) as &[Option<Uuid>],
+        &versions as &[Option<i32>],
+        &latencies as &[Option<f64>],
+        &statuses as &[Option<i32>],
+    )
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
