@@ -2,10 +2,13 @@
 //!
 //! - [`upstream`]: a real MCP server (rmcp, Streamable HTTP) to put behind the gateway.
 //! - [`client`]: a real MCP client (rmcp, Streamable HTTP) to put in front of it.
+//! - [`everything`]: `@modelcontextprotocol/server-everything` (Node), the reference MCP server.
+//! - [`gateway`]: a running gateway on a fresh database.
 
 use std::path::PathBuf;
 
 pub mod client;
+pub mod everything;
 pub mod gateway;
 pub mod upstream;
 

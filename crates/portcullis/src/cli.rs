@@ -130,15 +130,15 @@ impl ServerOpts {
     /// The `Host` values to serve: the configured ones, the public URL's, and for a loopback
     /// listener the loopback names. Empty (any host) only when listening on every address with
     /// neither a public URL nor a list: then the operator is told to set one.
-    pub fn allowed_hosts(&self) -> Vec<String> {
+    pub fn allowed_hosts(&self, bound: SocketAddr) -> Vec<String> {
         let mut hosts = self.allowed_hosts.clone();
         if let Some(url) = &self.public_url
             && let Some((_, rest)) = url.split_once("://")
         {
             hosts.push(rest.split('/').next().unwrap_or(rest).to_owned());
         }
-        let port = self.listen.port();
-        let ip = self.listen.ip();
+        let port = bound.port();
+        let ip = bound.ip();
         if ip.is_loopback() {
             hosts.extend([
                 format!("127.0.0.1:{port}"),
@@ -146,7 +146,7 @@ impl ServerOpts {
                 format!("[::1]:{port}"),
             ]);
         } else if !ip.is_unspecified() {
-            hosts.push(self.listen.to_string());
+            hosts.push(bound.to_string());
         }
         hosts
     }
@@ -239,5 +239,48 @@ mod tests {
             };
             assert_eq!(env, expected, "--{id}");
         }
+    }
+}
+
+#[cfg(test)]
+mod host_tests {
+    use super::*;
+
+    fn opts(args: &[&str]) -> ServerOpts {
+        let mut argv = vec!["portcullis", "serve"];
+        argv.extend(args);
+        match Cli::parse_from(argv).command {
+            Command::Serve(o) => o,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn allowed_hosts_follow_the_bound_address_and_the_public_url() {
+        let bound: SocketAddr = "127.0.0.1:41234".parse().unwrap();
+        let hosts = opts(&["--listen", "127.0.0.1:0"]).allowed_hosts(bound);
+        assert!(
+            hosts.contains(&"127.0.0.1:41234".to_owned())
+                && hosts.contains(&"localhost:41234".to_owned()),
+            "{hosts:?}"
+        );
+
+        let any: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        assert!(
+            opts(&["--listen", "0.0.0.0:8080"])
+                .allowed_hosts(any)
+                .is_empty(),
+            "no way to know the names"
+        );
+        let public = opts(&[
+            "--listen",
+            "0.0.0.0:8080",
+            "--public-url",
+            "https://mcp.example.com/",
+            "--allowed-hosts",
+            "10.0.0.5:8080",
+        ])
+        .allowed_hosts(any);
+        assert_eq!(public, ["10.0.0.5:8080", "mcp.example.com"]);
     }
 }

@@ -114,11 +114,16 @@ async fn serve(planes: Planes, opts: &ServerOpts, pool: &PgPool) -> anyhow::Resu
     }
     let public_url = opts.public_url();
     let key = secret_key(opts)?;
+    let listener = TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", opts.listen))?;
+    // The bound address (port 0 picks one) is what clients put in their Host header.
+    let bound = listener.local_addr()?;
     let mut app = axum::Router::new();
     if planes != Planes::Console {
         let mut allowed_origins = opts.allowed_origins.clone();
         allowed_origins.push(opts.public_origin());
-        let allowed_hosts = opts.allowed_hosts();
+        let allowed_hosts = opts.allowed_hosts(bound);
         if allowed_hosts.is_empty() {
             tracing::warn!(
                 "listening on every address with no --public-url or --allowed-hosts: any Host header is served (set one to protect against DNS rebinding)"
@@ -147,9 +152,6 @@ async fn serve(planes: Planes, opts: &ServerOpts, pool: &PgPool) -> anyhow::Resu
         ));
     }
 
-    let listener = TcpListener::bind(opts.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", opts.listen))?;
     let admin = TcpListener::bind(opts.admin_listen)
         .await
         .with_context(|| format!("cannot listen on {} (admin)", opts.admin_listen))?;
