@@ -551,85 +551,7 @@ impl Ctx {
                 json_message(&message, None)
             }
             Ok(PostResponse::Stream { events, .. }) => {
-                let gw = self.gw.clone();
-                let want = id_value(id);
-                let id = id.clone();
-                let state = Relay {
-                    reservation,
-                    answered: false,
-                };
-                let stream = futures_util::stream::unfold(
-                    (events, state, false),
-                    move |(mut events, mut state, done)| {
-                        let gw = gw.clone();
-                        let want = want.clone();
-                        let id = id.clone();
-                        async move {
-                            if done {
-                                return None;
-                            }
-                            match events.next().await {
-                                Some(Ok(event)) => {
-                                    if let Ok(msg) = serde_json::from_str::<Value>(&event.data)
-                                        && msg.get("id") == Some(&want)
-                                        && (msg.get("result").is_some()
-                                            || msg.get("error").is_some())
-                                    {
-                                        state.answered = true;
-                                        if msg.get("error").is_some()
-                                            && let Some(r) = state.reservation.take()
-                                        {
-                                            gw.counters.release(r);
-                                        }
-                                    }
-                                    // The response ends the request's stream (the spec
-                                    // has the server close it then): do not wait for the
-                                    // upstream to hang up.
-                                    let done = state.answered;
-                                    let bytes = Bytes::from(encode_event(&event));
-                                    if done {
-                                        // Read the rest of the upstream's answer off the
-                                        // client's path, so its connection can be reused.
-                                        let mut rest = events;
-                                        tokio::spawn(async move {
-                                            let drain =
-                                                async { while rest.next().await.is_some() {} };
-                                            let _ = tokio::time::timeout(DRAIN, drain).await;
-                                        });
-                                        let spent =
-                                            EventStream::new(futures_util::stream::empty(), 0);
-                                        return Some((Ok(bytes), (spent, state, true)));
-                                    }
-                                    Some((Ok(bytes), (events, state, false)))
-                                }
-                                end => {
-                                    if state.answered {
-                                        return None;
-                                    }
-                                    // The upstream stream ended before answering: answer for it.
-                                    if let Some(r) = state.reservation.take() {
-                                        gw.counters.release(r);
-                                    }
-                                    let error = match end {
-                                        Some(Err(e)) => e.to_error_object(),
-                                        _ => ErrorObject::new(
-                                            code::INTERNAL_ERROR,
-                                            "Upstream closed the stream without answering",
-                                        ),
-                                    };
-                                    let event = SseEvent::message(
-                                        Message::error(Some(id), error).to_value().to_string(),
-                                    );
-                                    Some((
-                                        Ok(Bytes::from(encode_event(&event))),
-                                        (events, state, true),
-                                    ))
-                                }
-                            }
-                        }
-                    },
-                );
-                sse_response(stream)
+                sse_response(relay(self.gw.clone(), id.clone(), events, reservation))
             }
             Ok(PostResponse::Accepted) => {
                 if let Some(r) = reservation {
@@ -964,9 +886,84 @@ impl Ctx {
     }
 }
 
+/// The state of one relayed answer.
 struct Relay {
+    gw: Arc<Gateway>,
+    id: RequestId,
+    want: Value,
+    /// `None` once the answer (or an error for it) has been sent.
+    events: Option<EventStream>,
     reservation: Option<Reservation>,
-    answered: bool,
+}
+
+/// Relays an upstream's SSE answer to one request as it comes: notifications and
+/// server-to-client requests first, then the response, which ends the client's stream (the rest
+/// of the upstream's is read in the background, so its connection can be reused). A priming
+/// event (an id with no data) goes out with the next event, sparing the client a wake-up. If
+/// the upstream stops before answering, the client gets an error for its request, and the
+/// call's reservation is released, as it is when the answer is a JSON-RPC error.
+fn relay(
+    gw: Arc<Gateway>,
+    id: RequestId,
+    events: EventStream,
+    reservation: Option<Reservation>,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    let state = Relay {
+        gw,
+        want: id_value(&id),
+        id,
+        events: Some(events),
+        reservation,
+    };
+    futures_util::stream::unfold(state, |mut r| async move {
+        let mut events = r.events.take()?;
+        let mut out = String::new();
+        loop {
+            match events.next().await {
+                Some(Ok(event)) => {
+                    out.push_str(&encode_event(&event));
+                    let answer = serde_json::from_str::<Value>(&event.data).ok().filter(|m| {
+                        m.get("id") == Some(&r.want)
+                            && (m.get("result").is_some() || m.get("error").is_some())
+                    });
+                    if let Some(answer) = answer {
+                        if answer.get("error").is_some()
+                            && let Some(reserved) = r.reservation.take()
+                        {
+                            r.gw.counters.release(reserved);
+                        }
+                        tokio::spawn(async move {
+                            let drain = async { while events.next().await.is_some() {} };
+                            let _ = tokio::time::timeout(DRAIN, drain).await;
+                        });
+                        return Some((Ok(Bytes::from(out)), r));
+                    }
+                    if event.data.is_empty() {
+                        continue;
+                    }
+                    r.events = Some(events);
+                    return Some((Ok(Bytes::from(out)), r));
+                }
+                end => {
+                    if let Some(reserved) = r.reservation.take() {
+                        r.gw.counters.release(reserved);
+                    }
+                    let error = match end {
+                        Some(Err(e)) => e.to_error_object(),
+                        _ => ErrorObject::new(
+                            code::INTERNAL_ERROR,
+                            "Upstream closed the stream without answering",
+                        ),
+                    };
+                    let message = Message::error(Some(r.id.clone()), error)
+                        .to_value()
+                        .to_string();
+                    out.push_str(&encode_event(&SseEvent::message(message)));
+                    return Some((Ok(Bytes::from(out)), r));
+                }
+            }
+        }
+    })
 }
 
 fn encode_cursor(offset: usize) -> String {
