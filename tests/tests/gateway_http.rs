@@ -353,3 +353,92 @@ async fn an_expired_upstream_session_is_reopened_transparently() {
     assert!(text.contains("after expiry"), "{text}");
     assert_eq!(upstream.calls("echo"), 1);
 }
+
+#[tokio::test]
+async fn an_unstorable_tool_name_does_not_stop_the_activity_log() {
+    let upstream = TestUpstream::start().await;
+    let gw = gateway::start(
+        &upstream.url,
+        Some(json!({"version": "1", "default": "allow"})),
+    )
+    .await;
+    let session = open_session(&gw).await;
+    let nul = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                     "params": {"name": "rm\u{0}rf", "arguments": {"a\u{0}b": 1}}});
+    post(
+        &gw,
+        Some(&gw.agent_key),
+        Some(&session),
+        nul.to_string().as_bytes(),
+    )
+    .await;
+    let echo = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                      "params": {"name": "echo", "arguments": {"text": "logged"}}});
+    post(
+        &gw,
+        Some(&gw.agent_key),
+        Some(&session),
+        echo.to_string().as_bytes(),
+    )
+    .await;
+
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    let events = loop {
+        let events = portcullis_store::activity::recent(&gw.db.pool, gw.org_id, 10)
+            .await
+            .unwrap();
+        if events.len() >= 2 || tokio::time::Instant::now() > deadline {
+            break events;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let tools: Vec<&str> = events.iter().filter_map(|e| e.tool.as_deref()).collect();
+    assert!(tools.contains(&"echo"), "{tools:?}");
+    assert!(tools.contains(&"rm\u{FFFD}rf"), "{tools:?}");
+}
+
+#[tokio::test]
+async fn only_mcp_methods_reach_the_upstream() {
+    let upstream = TestUpstream::start().await;
+    let gw = gateway::start(
+        &upstream.url,
+        Some(json!({"version": "1", "default": "deny"})),
+    )
+    .await;
+    let session = open_session(&gw).await;
+    // A tools/call sent as a notification (no id) is not forwarded: nothing answers it and
+    // nothing reaches the upstream.
+    let sneaky = json!({"jsonrpc": "2.0", "method": "tools/call",
+                        "params": {"name": "delete_image_set", "arguments": {"name": "prod"}}});
+    let resp = post(
+        &gw,
+        Some(&gw.agent_key),
+        Some(&session),
+        sneaky.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    // An unknown method is refused by the gateway itself.
+    let odd = json!({"jsonrpc": "2.0", "id": 4, "method": "Tools/Call",
+                     "params": {"name": "delete_image_set"}});
+    let resp = post(
+        &gw,
+        Some(&gw.agent_key),
+        Some(&session),
+        odd.to_string().as_bytes(),
+    )
+    .await;
+    let (status, code, _) = error_of(resp).await;
+    assert_eq!((status, code), (StatusCode::OK, -32601));
+    // A known method still passes.
+    let ping = json!({"jsonrpc": "2.0", "id": 5, "method": "ping"});
+    let resp = post(
+        &gw,
+        Some(&gw.agent_key),
+        Some(&session),
+        ping.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(upstream.calls("delete_image_set"), 0);
+}

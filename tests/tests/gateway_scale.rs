@@ -174,3 +174,45 @@ async fn a_publish_sends_list_changed_to_connected_clients() {
         "the client hears that its tool list changed"
     );
 }
+
+#[tokio::test]
+async fn redis_counters_count_a_shared_key_once_and_never_wrap() {
+    use portcullis_gateway::limits::{LimitKey, Outcome};
+    use portcullis_gateway::redis_limits::RedisCounters;
+
+    let redis = RedisCounters::connect(&redis_url()).await.unwrap();
+    let key = format!("test:{}", uuid::Uuid::new_v4());
+    let limit = |max: u64, increment: u64| LimitKey {
+        key: key.clone(),
+        max,
+        window: Duration::from_secs(60),
+        increment,
+    };
+    // An all-tools limit and a tool limit on one counter: each call adds 1, the stricter decides.
+    let shared = [limit(3, 1), limit(2, 1)];
+    assert!(matches!(
+        redis.reserve(&shared).await.unwrap(),
+        Outcome::Reserved(_)
+    ));
+    assert!(matches!(
+        redis.reserve(&shared).await.unwrap(),
+        Outcome::Reserved(_)
+    ));
+    assert!(matches!(
+        redis.reserve(&shared).await.unwrap(),
+        Outcome::Exhausted { index: 1, .. }
+    ));
+    // An increment at the integer limit is refused and changes nothing.
+    assert!(matches!(
+        redis.reserve(&[limit(100, u64::MAX)]).await.unwrap(),
+        Outcome::Exhausted { .. }
+    ));
+    assert!(matches!(
+        redis.reserve(&[limit(3, 1)]).await.unwrap(),
+        Outcome::Reserved(_)
+    ));
+    assert!(matches!(
+        redis.reserve(&[limit(3, 1)]).await.unwrap(),
+        Outcome::Exhausted { .. }
+    ));
+}

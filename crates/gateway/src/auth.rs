@@ -26,6 +26,9 @@ pub enum AuthError {
 #[derive(Debug)]
 pub struct Unavailable;
 
+/// Cached lookups at most (known and unknown keys together).
+const MAX_ENTRIES: usize = 100_000;
+
 /// Key digest → the agent (or none: an unknown key), and when it was looked up.
 type Entries = HashMap<[u8; 32], (Option<Arc<Agent>>, Instant)>;
 
@@ -81,7 +84,7 @@ impl AgentCache {
                     }
                 };
                 let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-                entries.insert(digest, (found.clone(), Instant::now()));
+                insert_bounded(&mut entries, digest, found.clone(), self.ttl, MAX_ENTRIES);
                 found
             }
         };
@@ -132,6 +135,24 @@ impl AgentCache {
     }
 }
 
+/// Caches a lookup. Well-formed random keys would otherwise grow the cache without bound: at
+/// `max` entries, drop what has expired, and everything if that is not enough.
+fn insert_bounded(
+    entries: &mut Entries,
+    digest: [u8; 32],
+    agent: Option<Arc<Agent>>,
+    ttl: Duration,
+    max: usize,
+) {
+    if entries.len() >= max {
+        entries.retain(|_, (_, at)| at.elapsed() < ttl);
+        if entries.len() >= max {
+            entries.clear();
+        }
+    }
+    entries.insert(digest, (agent, Instant::now()));
+}
+
 /// The token of an `Authorization: Bearer <token>` value (scheme case-insensitive).
 pub fn bearer(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim().split_once(' ')?;
@@ -144,6 +165,25 @@ pub fn bearer(value: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cache_stays_bounded_under_random_keys() {
+        let mut entries = Entries::new();
+        for i in 0..1000u32 {
+            let mut digest = [0u8; 32];
+            digest[..4].copy_from_slice(&i.to_be_bytes());
+            insert_bounded(&mut entries, digest, None, Duration::from_secs(30), 100);
+            assert!(entries.len() <= 100);
+        }
+        // Expired entries go first: with a zero TTL, the oldest are dropped, the newest kept.
+        let mut entries = Entries::new();
+        for i in 0..150u32 {
+            let mut digest = [0u8; 32];
+            digest[..4].copy_from_slice(&i.to_be_bytes());
+            insert_bounded(&mut entries, digest, None, Duration::ZERO, 100);
+        }
+        assert!(entries.len() <= 100 && !entries.is_empty());
+    }
 
     #[test]
     fn bearer_tokens() {

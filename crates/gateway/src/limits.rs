@@ -104,7 +104,7 @@ impl Window {
         let mut freed = 0;
         for &(slot, amount) in &self.slots {
             freed += amount;
-            if self.total - freed + needed <= max {
+            if (self.total - freed).saturating_add(needed) <= max {
                 let expires = slot_len * (slot as u32 + SLOTS);
                 return expires.saturating_sub(now).max(Duration::from_secs(1));
             }
@@ -122,24 +122,26 @@ impl MemoryCounters {
     /// Reserves every limit, or none. `now` is time since an arbitrary fixed origin.
     pub fn reserve_at(&self, limits: &[LimitKey], now: Duration, clock: Instant) -> Outcome {
         let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
-        // Check all first (several limits may share a counter: add up what each asks of it).
-        let mut asked: HashMap<&str, u64> = HashMap::new();
+        // Limits with the same key share one count: a call adds to it once (the largest
+        // increment asked of it), and must fit under every one of their maxima.
+        let mut wanted: HashMap<&str, u64> = HashMap::new();
+        for limit in limits {
+            let w = wanted.entry(limit.key.as_str()).or_insert(0);
+            *w = (*w).max(limit.increment);
+        }
         for (index, limit) in limits.iter().enumerate() {
-            let wanted = asked.entry(limit.key.as_str()).or_insert(0);
-            *wanted += limit.increment;
-            let now_slot = Window::slot_of(limit.window, now);
+            let wanted = wanted[limit.key.as_str()];
             let current = match counters.get_mut(&limit.key) {
                 Some(w) => {
-                    w.expire(now_slot);
+                    w.expire(Window::slot_of(limit.window, now));
                     w.total
                 }
                 None => 0,
             };
-            if current + *wanted > limit.max {
+            // Increments come from arguments: never let them wrap a counter around.
+            if current.saturating_add(wanted) > limit.max {
                 let retry_after = match counters.get(&limit.key) {
-                    Some(w) if limit.increment <= limit.max => {
-                        w.retry_after(*wanted, limit.max, now)
-                    }
+                    Some(w) if wanted <= limit.max => w.retry_after(wanted, limit.max, now),
                     _ => limit.window,
                 };
                 return Outcome::Exhausted { index, retry_after };
@@ -147,7 +149,10 @@ impl MemoryCounters {
         }
         let mut reservation = Reservation::default();
         for limit in limits {
-            if limit.increment == 0 {
+            let Some(amount) = wanted.remove(limit.key.as_str()) else {
+                continue; // already taken for an earlier limit with this key
+            };
+            if amount == 0 {
                 continue;
             }
             let slot = Window::slot_of(limit.window, now);
@@ -159,14 +164,14 @@ impl MemoryCounters {
             });
             window.last_used = clock;
             match window.slots.back_mut() {
-                Some((s, amount)) if *s == slot => *amount += limit.increment,
-                _ => window.slots.push_back((slot, limit.increment)),
+                Some((s, a)) if *s == slot => *a = a.saturating_add(amount),
+                _ => window.slots.push_back((slot, amount)),
             }
-            window.total += limit.increment;
+            window.total = window.total.saturating_add(amount);
             reservation.taken.push(Taken {
                 key: limit.key.clone(),
                 slot,
-                amount: limit.increment,
+                amount,
             });
         }
         Outcome::Reserved(reservation)
@@ -361,15 +366,48 @@ mod tests {
     }
 
     #[test]
-    fn limits_sharing_a_counter_add_up() {
+    fn limits_sharing_a_counter_count_a_call_once_against_every_maximum() {
         let c = MemoryCounters::new();
         let clock = Instant::now();
-        let shared = [limit("k", 3, 60, 2), limit("k", 3, 60, 2)];
+        // An all-tools limit and a tool limit on the same counter: one call adds 1, not 2.
+        let shared = [limit("k", 3, 60, 1), limit("k", 2, 60, 1)];
         assert!(matches!(
             c.reserve_at(&shared, at(1.0), clock),
+            Outcome::Reserved(_)
+        ));
+        assert!(matches!(
+            c.reserve_at(&shared, at(2.0), clock),
+            Outcome::Reserved(_)
+        ));
+        // The stricter maximum decides.
+        assert!(matches!(
+            c.reserve_at(&shared, at(3.0), clock),
             Outcome::Exhausted { index: 1, .. }
         ));
-        assert!(c.is_empty(), "nothing reserved");
+    }
+
+    #[test]
+    fn increments_near_the_integer_limit_never_wrap_a_counter() {
+        let c = MemoryCounters::new();
+        let clock = Instant::now();
+        assert!(matches!(
+            c.reserve_at(&[limit("spend", 100, 60, 1)], at(1.0), clock),
+            Outcome::Reserved(_)
+        ));
+        let huge = [limit("spend", 100, 60, u64::MAX)];
+        assert!(matches!(
+            c.reserve_at(&huge, at(2.0), clock),
+            Outcome::Exhausted { .. }
+        ));
+        // The counter still holds the first call.
+        assert!(matches!(
+            c.reserve_at(&[limit("spend", 100, 60, 99)], at(3.0), clock),
+            Outcome::Reserved(_)
+        ));
+        assert!(matches!(
+            c.reserve_at(&[limit("spend", 100, 60, 1)], at(4.0), clock),
+            Outcome::Exhausted { .. }
+        ));
     }
 
     #[test]

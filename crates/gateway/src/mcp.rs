@@ -43,10 +43,31 @@ use crate::upstreams::{Upstream, UpstreamLookupError};
 const PAGE_SIZE: usize = 100;
 /// Upstream `tools/list` pages read at most (a loop guard against a cursor that never ends).
 const MAX_UPSTREAM_PAGES: usize = 100;
+/// Re-opened upstream sessions remembered at most.
+const MAX_REOPENED: usize = 100_000;
 /// How long the rest of an answered upstream stream is read in the background, at most.
 const DRAIN: Duration = Duration::from_secs(5);
 /// How long an upstream tool catalog is trusted for `changed_tools` before it is read again.
 const CATALOG_TTL: Duration = Duration::from_secs(60);
+
+/// Client requests passed to the upstream as they are (besides `initialize`, `tools/list` and
+/// `tools/call`, which the gateway handles). Every other method is refused with -32601.
+const FORWARDED_REQUESTS: &[&str] = &[
+    "ping",
+    "completion/complete",
+    "logging/setLevel",
+    "prompts/list",
+    "prompts/get",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "tasks/get",
+    "tasks/result",
+    "tasks/list",
+    "tasks/cancel",
+];
 
 const SESSION_HEADER: &str = "mcp-session-id";
 const VERSION_HEADER: &str = "mcp-protocol-version";
@@ -348,11 +369,22 @@ pub async fn post(
         Message::Request(req) => match req.method.as_str() {
             "tools/list" => ctx.tools_list(req).await,
             "tools/call" => ctx.tools_call(req).await,
-            _ => {
+            method if FORWARDED_REQUESTS.contains(&method) => {
                 let raw = Message::Request(req.clone()).to_value();
                 ctx.forward(&req.id, &raw, None).await
             }
+            // Anything else could be a way around the policy on a lenient upstream.
+            _ => rpc_error(
+                StatusCode::OK,
+                Some(req.id),
+                ErrorObject::new(code::METHOD_NOT_FOUND, "Method not found"),
+            ),
         },
+        // A notification is processed, not answered: only MCP's own notifications pass, so a
+        // `tools/call` sent without an id never reaches the upstream.
+        Message::Notification(n) if !n.method.starts_with("notifications/") => {
+            StatusCode::ACCEPTED.into_response()
+        }
         other => {
             let raw = other.to_value();
             match ctx.post_upstream(&raw, ctx.client_version.as_deref()).await {
@@ -498,12 +530,17 @@ impl Ctx {
                     .await?;
                 tracing::info!(session = %self.session.id, "upstream session expired: re-initialized");
                 if let Some(new) = &reopened.session_id {
-                    self.gw
+                    let mut map = self
+                        .gw
                         .mcp
                         .reopened
                         .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(self.session.id, new.clone());
+                        .unwrap_or_else(|e| e.into_inner());
+                    if map.len() >= MAX_REOPENED {
+                        // Forgetting only costs another re-initialization on the next call.
+                        map.clear();
+                    }
+                    map.insert(self.session.id, new.clone());
                 }
                 self.upstream
                     .client
@@ -721,7 +758,7 @@ impl Ctx {
             .cloned()
             .collect();
         let mut result = json!({"tools": page});
-        if offset + PAGE_SIZE < visible.len() {
+        if offset.saturating_add(PAGE_SIZE) < visible.len() {
             result["nextCursor"] = Value::from(encode_cursor(offset + PAGE_SIZE));
         }
         let answer = Message::result(req.id, result).to_value();
@@ -806,9 +843,12 @@ impl Ctx {
                 let keys: Vec<LimitKey> = limits
                     .iter()
                     .map(|l| LimitKey {
+                        // The window is part of the key: "10 a minute" and "1000 a day" on
+                        // one counter are two counts, each over its own window.
                         key: format!(
-                            "{}:{}:{}",
+                            "{}:{}:{}:{}",
                             self.caller.server_id,
+                            l.window.as_millis(),
                             match l.scope {
                                 portcullis_policy::Scope::Session => self.session.id.to_string(),
                                 portcullis_policy::Scope::Agent => self.caller.agent.id.to_string(),

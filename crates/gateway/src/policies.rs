@@ -3,7 +3,8 @@
 //! Loaded in full at start (a gateway that cannot load them does not serve), reloaded one by one
 //! when PostgreSQL announces a publish (`NOTIFY portcullis_policy`), and in full every
 //! `full_reload` as a fallback for a lost notification. A server with no published policy
-//! denies everything; so does a stored document that no longer parses (logged loudly).
+//! denies everything; so does a stored document that no longer parses (logged loudly, and kept
+//! as a deny-all in its place, so an agent's broken policy never falls back to the server's).
 //! While the database is unreachable, the gateway keeps enforcing what it has.
 
 use std::collections::HashMap;
@@ -178,13 +179,17 @@ impl PolicyCache {
     }
 }
 
+/// What a published version that no longer parses is replaced by: nothing visible, nothing
+/// allowed. (Dropping it instead would let an agent's broken policy fall back to the server's.)
+const DENY_ALL: &str = r#"{"version":"1","default":"deny","hide":["*"]}"#;
+
 fn compile(row: policies::Enforced) -> Option<LoadedPolicy> {
     let policy = match Policy::from_value(&row.document) {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(policy_id = %row.policy_id, version = row.version, error = %e,
-                "a published policy does not parse: its server denies every call");
-            return None;
+                "a published policy does not parse: every call it governs is denied");
+            Policy::parse(DENY_ALL).ok()?
         }
     };
     let reviewed = match row.reviewed_tools {
@@ -203,4 +208,26 @@ fn compile(row: policies::Enforced) -> Option<LoadedPolicy> {
         agent_id: row.agent_id,
         reviewed,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_version_that_no_longer_parses_denies_everything_in_its_place() {
+        let row = policies::Enforced {
+            org_id: Uuid::new_v4(),
+            server_id: Uuid::new_v4(),
+            agent_id: Some(Uuid::new_v4()),
+            policy_id: Uuid::new_v4(),
+            version: 7,
+            document: json!({"version": "1", "default": "allow", "surprise": true}),
+            reviewed_tools: json!({}),
+        };
+        let loaded = compile(row).expect("kept, as a deny-all");
+        assert_eq!(loaded.version, 7);
+        assert!(loaded.policy.is_hidden("anything", false).is_some());
+    }
 }

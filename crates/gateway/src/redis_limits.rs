@@ -14,12 +14,16 @@ const RESERVE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local n = #KEYS
+-- Limits with the same key share one count: a call adds the largest increment asked of it once.
 local wanted = {}
+for i = 1, n do
+  local inc = tonumber(ARGV[3 * i])
+  wanted[KEYS[i]] = math.max(wanted[KEYS[i]] or 0, inc)
+end
 local slots = {}
 for i = 1, n do
   local max = tonumber(ARGV[3 * i - 2])
   local window = tonumber(ARGV[3 * i - 1])
-  local inc = tonumber(ARGV[3 * i])
   local slot_ms = math.max(math.floor(window / 60), 1)
   local slot = math.floor(now / slot_ms)
   slots[i] = slot
@@ -37,7 +41,6 @@ for i = 1, n do
       table.insert(live, {s, a})
     end
   end
-  wanted[k] = (wanted[k] or 0) + inc
   if total + wanted[k] > max then
     local retry = window
     if wanted[k] <= max then
@@ -55,12 +58,14 @@ for i = 1, n do
   end
 end
 local out = {-1, 0}
+local done = {}
 for i = 1, n do
-  local inc = tonumber(ARGV[3 * i])
-  if inc > 0 then
-    redis.call('HINCRBY', KEYS[i], string.format('%d', slots[i]), inc)
-    redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[3 * i - 1]) * 2)
+  local k = KEYS[i]
+  if not done[k] and wanted[k] > 0 then
+    redis.call('HINCRBY', k, string.format('%d', slots[i]), wanted[k])
+    redis.call('PEXPIRE', k, tonumber(ARGV[3 * i - 1]) * 2)
   end
+  done[k] = true
   table.insert(out, slots[i])
 end
 return out
@@ -121,18 +126,23 @@ impl RedisCounters {
                 index: *index as usize,
                 retry_after: std::time::Duration::from_millis((*retry_ms).max(1000) as u64),
             }),
-            [-1, _, slots @ ..] => Ok(Outcome::Reserved(Reservation::remote(
-                limits
-                    .iter()
-                    .zip(slots)
-                    .filter(|(l, _)| l.increment > 0)
-                    .map(|(l, slot)| Taken {
-                        key: l.key.clone(),
-                        slot: *slot as u64,
-                        amount: l.increment,
-                    })
-                    .collect(),
-            ))),
+            [-1, _, slots @ ..] => {
+                // One entry per distinct key, with the largest increment asked of it (as the
+                // script took it).
+                let mut taken: Vec<Taken> = Vec::new();
+                for (limit, slot) in limits.iter().zip(slots) {
+                    match taken.iter_mut().find(|t| t.key == limit.key) {
+                        Some(t) => t.amount = t.amount.max(limit.increment),
+                        None => taken.push(Taken {
+                            key: limit.key.clone(),
+                            slot: *slot as u64,
+                            amount: limit.increment,
+                        }),
+                    }
+                }
+                taken.retain(|t| t.amount > 0);
+                Ok(Outcome::Reserved(Reservation::remote(taken)))
+            }
             other => Err(RedisError::from((
                 redis::ErrorKind::Client,
                 "unexpected answer from the limit script",
