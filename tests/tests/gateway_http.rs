@@ -271,6 +271,12 @@ async fn bad_input_gets_the_right_status_and_error() {
         .unwrap();
     assert_eq!(json_only.status(), StatusCode::NOT_ACCEPTABLE);
 
+    let mut big_init = initialize_body();
+    big_init["params"]["clientInfo"]["name"] = json!("x".repeat(20 * 1024));
+    let (status, code, message) =
+        error_of(post(&gw, key, None, big_init.to_string().as_bytes()).await).await;
+    assert_eq!((status, code), (StatusCode::OK, -32602), "{message}");
+
     // After all that, the gateway still serves.
     let session = open_session(&gw).await;
     let call = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "still here"}}});

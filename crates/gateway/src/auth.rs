@@ -36,6 +36,9 @@ type Entries = HashMap<[u8; 32], (Option<Arc<Agent>>, Instant)>;
 pub struct AgentCache {
     ttl: Duration,
     entries: Mutex<Entries>,
+    /// Bumped by every forget/clear: a lookup that raced with one is not cached, so a
+    /// revocation announced during the lookup is never papered over for a whole TTL.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl AgentCache {
@@ -43,6 +46,7 @@ impl AgentCache {
         AgentCache {
             ttl,
             entries: Mutex::new(HashMap::new()),
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -69,6 +73,7 @@ impl AgentCache {
         let agent = match cached {
             Some(agent) => agent,
             None => {
+                let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
                 let found = match agents::by_key_hash(db, &digest).await {
                     Ok(found) => found.map(Arc::new),
                     Err(e) => {
@@ -84,7 +89,9 @@ impl AgentCache {
                     }
                 };
                 let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-                insert_bounded(&mut entries, digest, found.clone(), self.ttl, MAX_ENTRIES);
+                if self.generation.load(std::sync::atomic::Ordering::SeqCst) == generation {
+                    insert_bounded(&mut entries, digest, found.clone(), self.ttl, MAX_ENTRIES);
+                }
                 found
             }
         };
@@ -97,15 +104,17 @@ impl AgentCache {
     /// Drops every cached entry of this agent.
     pub fn forget(&self, agent_id: Uuid) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         entries.retain(|_, (agent, _)| agent.as_ref().is_none_or(|a| a.id != agent_id));
     }
 
     /// Drops everything (after the notification channel was lost).
     pub fn clear(&self) {
-        self.entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        entries.clear();
     }
 
     /// Listens for agent changes and forgets the agents named.

@@ -43,6 +43,8 @@ use crate::upstreams::{Upstream, UpstreamLookupError};
 const PAGE_SIZE: usize = 100;
 /// Upstream `tools/list` pages read at most (a loop guard against a cursor that never ends).
 const MAX_UPSTREAM_PAGES: usize = 100;
+/// The largest `initialize` params accepted (they are sealed into the session id).
+const MAX_INITIALIZE_PARAMS: usize = 16 * 1024;
 /// Re-opened upstream sessions remembered at most.
 const MAX_REOPENED: usize = 100_000;
 /// How long the rest of an answered upstream stream is read in the background, at most.
@@ -396,6 +398,18 @@ pub async fn post(
 }
 
 async fn initialize(gw: &Arc<Gateway>, caller: &Caller, req: &Request) -> Response {
+    // The params travel inside every session id of this session: keep them small.
+    let params_len = req.params.as_ref().map_or(0, |p| p.to_string().len());
+    if params_len > MAX_INITIALIZE_PARAMS {
+        return rpc_error(
+            StatusCode::OK,
+            Some(req.id.clone()),
+            ErrorObject::new(
+                code::INVALID_PARAMS,
+                format!("Invalid params: initialize params over {MAX_INITIALIZE_PARAMS} bytes"),
+            ),
+        );
+    }
     let upstream = match upstream_of(gw, caller, Some(&req.id)).await {
         Ok(u) => u,
         Err(r) => return r,

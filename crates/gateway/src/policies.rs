@@ -33,10 +33,13 @@ pub struct LoadedPolicy {
 impl LoadedPolicy {
     /// Is this tool's current definition different from the reviewed one? Tools that did not
     /// exist at publish time are not "changed": they fall under `default`.
+    /// A reviewed tool that the upstream no longer lists (`current_hash` None) counts as
+    /// changed: the gateway cannot tell what it is now.
     pub fn is_changed(&self, tool: &str, current_hash: Option<&str>) -> bool {
         match (self.reviewed.get(tool), current_hash) {
             (Some(reviewed), Some(current)) => reviewed != current,
-            _ => false,
+            (Some(_), None) => true,
+            (None, _) => false,
         }
     }
 }

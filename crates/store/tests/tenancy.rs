@@ -341,3 +341,38 @@ async fn publishing_notifies_gateways() {
     let enforced = policies::enforced(&db.pool, id).await.unwrap().unwrap();
     assert_eq!(enforced.version, 1);
 }
+
+#[tokio::test]
+async fn grant_changes_notify_gateways() {
+    let db = fresh_database().await.unwrap();
+    let (_, org) = account(&db.pool, "ada@example.com", "ada").await;
+    let server_id = server(&db.pool, org, "github").await;
+    let grant = [server_id];
+    let agent = agents::insert(
+        &db.pool,
+        org,
+        &agents::NewAgent {
+            name: "ci",
+            key_hash: &[9; 32],
+            key_prefix: "pcl_dddd",
+            servers: Some(&grant),
+            created_by: None,
+        },
+    )
+    .await
+    .unwrap();
+    let mut listener = sqlx::postgres::PgListener::connect_with(&db.pool)
+        .await
+        .unwrap();
+    listener.listen("portcullis_agent").await.unwrap();
+    sqlx::query("DELETE FROM agent_servers WHERE agent_id = $1")
+        .bind(agent.id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let note = tokio::time::timeout(std::time::Duration::from_secs(5), listener.recv())
+        .await
+        .expect("a notification within 5 s")
+        .unwrap();
+    assert_eq!(note.payload(), agent.id.to_string());
+}
