@@ -38,9 +38,17 @@ impl Drop for TestGateway {
     }
 }
 
+/// The default settings, with private upstreams allowed: test upstreams run on loopback.
+pub fn test_config() -> GatewayConfig {
+    GatewayConfig {
+        allow_private_upstreams: true,
+        ..GatewayConfig::default()
+    }
+}
+
 /// Starts a gateway whose server points at `upstream_url`, with `policy` published (or none).
 pub async fn start(upstream_url: &str, policy: Option<Value>) -> TestGateway {
-    start_with(upstream_url, policy, GatewayConfig::default()).await
+    start_with(upstream_url, policy, test_config()).await
 }
 
 pub async fn start_with(

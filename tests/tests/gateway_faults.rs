@@ -504,7 +504,7 @@ async fn a_hanging_upstream_is_a_timeout_error_and_releases_the_rate_limit() {
     }));
     let config = GatewayConfig {
         upstream_timeout: TIMEOUT,
-        ..GatewayConfig::default()
+        ..gateway::test_config()
     };
     let gw = gateway::start_with(&upstream.url, Some(policy), config).await;
     let session = RawSession::open(&gw).await;
@@ -675,7 +675,7 @@ async fn a_huge_upstream_answer_is_refused_and_the_gateway_keeps_serving() {
     let upstream = FaultyUpstream::start().await;
     let config = GatewayConfig {
         max_body_bytes: LIMIT,
-        ..GatewayConfig::default()
+        ..gateway::test_config()
     };
     let gw = gateway::start_with(
         &upstream.url,

@@ -178,7 +178,7 @@ async fn bad_input_gets_the_right_status_and_error() {
     let config = GatewayConfig {
         max_body_bytes: 64 * 1024,
         allowed_origins: vec!["https://console.example.com".into()],
-        ..GatewayConfig::default()
+        ..gateway::test_config()
     };
     let gw = gateway::start_with(
         &upstream.url,
@@ -447,4 +447,56 @@ async fn only_mcp_methods_reach_the_upstream() {
     .await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(upstream.calls("delete_image_set"), 0);
+}
+
+#[tokio::test]
+async fn upstreams_on_private_addresses_are_refused_unless_allowed() {
+    let upstream = TestUpstream::start().await;
+    let config = GatewayConfig {
+        allow_private_upstreams: false,
+        ..gateway::test_config()
+    };
+    let gw = gateway::start_with(
+        &upstream.url,
+        Some(json!({"version": "1", "default": "allow"})),
+        config,
+    )
+    .await;
+    let resp = post(
+        &gw,
+        Some(&gw.agent_key),
+        None,
+        initialize_body().to_string().as_bytes(),
+    )
+    .await;
+    let (status, _, message) = error_of(resp).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{message}");
+    assert!(message.contains("private address"), "{message}");
+    assert_eq!(upstream.total_calls(), 0);
+    assert_eq!(upstream.list_tools_requests(), 0);
+
+    // The same upstream by a name that resolves to loopback: refused after resolution.
+    let by_name = upstream.url.replace("127.0.0.1", "localhost");
+    let gw = gateway::start_with(
+        &by_name,
+        Some(json!({"version": "1", "default": "allow"})),
+        GatewayConfig {
+            allow_private_upstreams: false,
+            ..gateway::test_config()
+        },
+    )
+    .await;
+    let resp = post(
+        &gw,
+        Some(&gw.agent_key),
+        None,
+        initialize_body().to_string().as_bytes(),
+    )
+    .await;
+    let (status, code, message) = error_of(resp).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        code < 0 && message.to_lowercase().contains("private"),
+        "{code} {message}"
+    );
 }

@@ -14,7 +14,7 @@ const ACCEPT: &str = "application/json, text/event-stream";
 fn with_redis() -> GatewayConfig {
     GatewayConfig {
         redis_url: Some(redis_url()),
-        ..GatewayConfig::default()
+        ..gateway::test_config()
     }
 }
 

@@ -44,6 +44,9 @@ pub struct GatewayConfig {
     pub policy_reload: Duration,
     /// Redis for counters shared by every gateway (None: in this process).
     pub redis_url: Option<String>,
+    /// Allow upstreams on loopback, private, link-local and metadata addresses (checked after
+    /// DNS resolution on every connection). Off by default.
+    pub allow_private_upstreams: bool,
 }
 
 impl Default for GatewayConfig {
@@ -55,6 +58,7 @@ impl Default for GatewayConfig {
             upstream_timeout: Duration::from_secs(60),
             policy_reload: Duration::from_secs(30),
             redis_url: None,
+            allow_private_upstreams: false,
         }
     }
 }
@@ -97,7 +101,7 @@ impl Gateway {
         let policies = Arc::new(policies::PolicyCache::new());
         let n = policies.load_all(&db).await?;
         tracing::info!(policies = n, "published policies loaded");
-        let http = portcullis_mcp::upstream::client_builder()
+        let http = portcullis_mcp::upstream::guarded_client_builder(config.allow_private_upstreams)
             .pool_idle_timeout(Duration::from_secs(90))
             .build()
             .map_err(|e| StartError::Http(e.to_string()))?;
@@ -118,6 +122,7 @@ impl Gateway {
                 Sealer::new(key, portcullis_store::servers::CREDENTIALS_PURPOSE),
                 config.upstream_timeout,
                 config.max_body_bytes,
+                config.allow_private_upstreams,
             ),
             sessions: session::SessionSealer::new(key),
             counters: limits::Counters {

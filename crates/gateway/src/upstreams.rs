@@ -19,6 +19,7 @@ pub struct Upstreams {
     credentials: Sealer,
     timeout: Duration,
     max_body_bytes: usize,
+    allow_private: bool,
     cache: Mutex<HashMap<Uuid, (Arc<Upstream>, Instant)>>,
 }
 
@@ -40,6 +41,8 @@ pub enum UpstreamLookupError {
     Unsupported(String),
     #[error("the server's credentials cannot be decrypted (was the secret key changed?)")]
     Credentials,
+    #[error("{0} (--allow-private-upstreams allows it)")]
+    Private(String),
     #[error("the server's URL is not valid: {0}")]
     Url(String),
     #[error(transparent)]
@@ -52,12 +55,14 @@ impl Upstreams {
         credentials: Sealer,
         timeout: Duration,
         max_body_bytes: usize,
+        allow_private: bool,
     ) -> Self {
         Upstreams {
             http,
             credentials,
             timeout,
             max_body_bytes,
+            allow_private,
             cache: Mutex::new(HashMap::new()),
         }
     }
@@ -106,6 +111,11 @@ impl Upstreams {
             }
         };
         let url = url::Url::parse(&url).map_err(|e| UpstreamLookupError::Url(e.to_string()))?;
+        if !self.allow_private {
+            // Names are checked after resolution, on every connection; literals here.
+            portcullis_mcp::upstream::addresses::check_literal(&url)
+                .map_err(UpstreamLookupError::Private)?;
+        }
         let mut config = UpstreamConfig::new(url).timeout(self.timeout);
         config.max_body_bytes = self.max_body_bytes;
         // One bound for a message, whether it comes as a JSON body or as an SSE event.

@@ -135,6 +135,7 @@ async fn serve(planes: Planes, opts: &ServerOpts, pool: &PgPool) -> anyhow::Resu
             max_body_bytes: opts.max_body_bytes,
             upstream_timeout: std::time::Duration::from_secs(opts.upstream_timeout),
             redis_url: opts.redis_url.clone(),
+            allow_private_upstreams: opts.allow_private_upstreams,
             ..portcullis_gateway::GatewayConfig::default()
         };
         // Fails closed: a gateway that cannot load the published policies does not serve.

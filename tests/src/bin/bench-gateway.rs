@@ -230,6 +230,7 @@ async fn main() {
             "--admin-listen",
             "127.0.0.1:0",
             "--no-migrate",
+            "--allow-private-upstreams",
         ])
         .env("DATABASE_URL", seeded.db.url())
         .env(

@@ -4,6 +4,7 @@
 //! (2025-03-26 … 2025-11-25). Protocol decisions (what counts as an expired session, limits,
 //! timeouts) are recorded in the crate's README.md.
 
+pub mod addresses;
 mod http;
 mod stream;
 
@@ -195,13 +196,24 @@ fn human_duration(d: Duration) -> String {
 /// are reused. A client built without this function must be built after
 /// [`install_crypto_provider`], or reqwest panics on the first TLS connection setup.
 pub fn client_builder() -> reqwest::ClientBuilder {
+    guarded_client_builder(true)
+}
+
+/// [`client_builder`], refusing private upstream addresses (after DNS resolution) unless
+/// `allow_private`.
+pub fn guarded_client_builder(allow_private: bool) -> reqwest::ClientBuilder {
     install_crypto_provider();
-    reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .tcp_nodelay(true)
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(10))
         .pool_idle_timeout(Duration::from_secs(90))
-        .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
+        .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")));
+    if allow_private {
+        builder
+    } else {
+        builder.dns_resolver(addresses::PublicOnly)
+    }
 }
 
 /// Makes ring the process-wide rustls crypto provider unless one is installed already.
