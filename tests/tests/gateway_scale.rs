@@ -216,3 +216,40 @@ async fn redis_counters_count_a_shared_key_once_and_never_wrap() {
         Outcome::Exhausted { .. }
     ));
 }
+
+#[tokio::test]
+async fn an_open_stream_ends_when_its_agent_is_revoked() {
+    let upstream = TestUpstream::start().await;
+    let gw = gateway::start(
+        &upstream.url,
+        Some(json!({"version": "1", "default": "allow"})),
+    )
+    .await;
+    let session = initialize(&gw.mcp_url(), &gw.agent_key).await;
+    let stream = reqwest::Client::new()
+        .get(gw.mcp_url())
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &session)
+        .bearer_auth(&gw.agent_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let mut body = stream.bytes_stream();
+
+    portcullis_store::agents::revoke(&gw.db.pool, gw.org_id, gw.agent_id)
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(chunk) = body.next().await {
+            if chunk.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the revoked agent's stream was still open after 5 s"
+    );
+}

@@ -118,7 +118,13 @@ impl AgentCache {
     }
 
     /// Listens for agent changes and forgets the agents named.
-    pub fn spawn_listener(self: Arc<Self>, db: PgPool) -> tokio::task::JoinHandle<()> {
+    /// Sends the id of every changed agent on `changed` (`Uuid::nil()`: any agent may have
+    /// changed), so open streams of a revoked agent can be ended.
+    pub fn spawn_listener(
+        self: Arc<Self>,
+        db: PgPool,
+        changed: tokio::sync::broadcast::Sender<Uuid>,
+    ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             loop {
                 let mut listener = match sqlx::postgres::PgListener::connect_with(&db).await {
@@ -134,9 +140,11 @@ impl AgentCache {
                 }
                 // Changes made while we were not listening are unknown: start afresh.
                 self.clear();
+                let _ = changed.send(Uuid::nil());
                 while let Ok(Some(note)) = listener.try_recv().await {
                     if let Ok(id) = note.payload().parse::<Uuid>() {
                         self.forget(id);
+                        let _ = changed.send(id);
                     }
                 }
             }

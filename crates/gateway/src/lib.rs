@@ -75,6 +75,8 @@ pub struct Gateway {
     pub counters: limits::Counters,
     pub activity: activity::ActivitySink,
     pub list_changed: tokio::sync::broadcast::Sender<Uuid>,
+    /// Agents changed (revoked, rotated, grants): their open streams end.
+    pub agent_changed: tokio::sync::broadcast::Sender<Uuid>,
     pub(crate) mcp: mcp::McpState,
     origin: Instant,
 }
@@ -106,6 +108,7 @@ impl Gateway {
             .build()
             .map_err(|e| StartError::Http(e.to_string()))?;
         let (list_changed, _) = tokio::sync::broadcast::channel(256);
+        let (agent_changed, _) = tokio::sync::broadcast::channel(256);
         let agents = Arc::new(auth::AgentCache::new(Duration::from_secs(30)));
         let (activity, _writer) = activity::ActivitySink::spawn(db.clone());
         let redis = match &config.redis_url {
@@ -135,11 +138,12 @@ impl Gateway {
             agents: agents.clone(),
             activity,
             list_changed: list_changed.clone(),
+            agent_changed: agent_changed.clone(),
             config,
             db: db.clone(),
         });
         policies.spawn_refresher(db.clone(), gateway.config.policy_reload, list_changed);
-        agents.spawn_listener(db);
+        agents.spawn_listener(db, agent_changed);
         let weak = Arc::downgrade(&gateway);
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(Duration::from_secs(60));

@@ -1077,6 +1077,9 @@ pub async fn get(
             note.to_string(),
         ))))
     });
+    // The key is checked when the stream opens; a change to the agent (revoked, rotated, a
+    // grant removed) ends it, and the client must come back with a key that still works.
+    let ended = agent_changed(gw.agent_changed.subscribe(), ctx.caller.agent.id);
     match upstream_events {
         Some(events) => {
             // The upstream's stream ends at its first error; ours goes on.
@@ -1084,9 +1087,21 @@ pub async fn get(
                 .take_while(|e| futures_util::future::ready(e.is_ok()))
                 .filter_map(|e| futures_util::future::ready(e.ok()))
                 .map(|e| Ok(Bytes::from(encode_event(&e))));
-            sse_response(futures_util::stream::select(theirs, ours))
+            sse_response(futures_util::stream::select(theirs, ours).take_until(ended))
         }
-        None => sse_response(ours),
+        None => sse_response(ours.take_until(ended)),
+    }
+}
+
+/// Resolves when this agent (or possibly any agent) has changed.
+async fn agent_changed(mut rx: tokio::sync::broadcast::Receiver<Uuid>, agent_id: Uuid) {
+    loop {
+        match rx.recv().await {
+            Ok(id) if id == agent_id || id.is_nil() => return,
+            Ok(_) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => std::future::pending().await,
+        }
     }
 }
 
