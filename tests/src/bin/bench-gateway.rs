@@ -4,6 +4,7 @@
 //! ```sh
 //! cargo build --release -p portcullis -p portcullis-tests --bin portcullis --bin bench-gateway
 //! target/release/bench-gateway --gateway-bin target/release/portcullis --seconds 10
+//! GATEWAY_TOKIO_WORKER_THREADS=1 target/release/bench-gateway ...   # settings for the gateway alone
 //! ```
 //!
 //! The upstream is the rmcp test server (its `echo` tool) in this process; the gateway is the
@@ -238,6 +239,12 @@ async fn main() {
             "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
         )
         .env("RUST_LOG", "warn,portcullis=info")
+        // GATEWAY_X=v in the harness's environment sets X=v for the gateway alone (e.g.
+        // GATEWAY_TOKIO_WORKER_THREADS=1).
+        .envs(
+            std::env::vars()
+                .filter_map(|(k, v)| k.strip_prefix("GATEWAY_").map(|k| (k.to_owned(), v))),
+        )
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| {
