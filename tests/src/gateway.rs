@@ -201,6 +201,21 @@ pub async fn publish_on(
 }
 
 impl TestGateway {
+    /// The organization's activity events, newest first, once at least `at_least` of them are
+    /// written (events leave the request path, so they land a moment later), or after 5 s.
+    pub async fn activity(&self, at_least: usize) -> Vec<portcullis_store::activity::Event> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let events = portcullis_store::activity::recent(&self.db.pool, self.org_id, 100)
+                .await
+                .expect("activity events");
+            if events.len() >= at_least || tokio::time::Instant::now() > deadline {
+                return events;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The gateway URL of the server.
     pub fn mcp_url(&self) -> String {
         format!("{}/mcp/{}", self.base_url, self.server_id)

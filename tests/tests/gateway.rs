@@ -226,16 +226,7 @@ async fn every_decision_is_an_activity_event() {
         .unwrap();
     client.call("echo", json!({"text": "x"})).await.unwrap();
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let events = loop {
-        let events = portcullis_store::activity::recent(&gw.db.pool, gw.org_id, 10)
-            .await
-            .unwrap();
-        if events.len() >= 2 || tokio::time::Instant::now() > deadline {
-            break events;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let events = gw.activity(2).await;
     assert_eq!(events.len(), 2, "{events:?}");
     let (echo, hidden) = (&events[0], &events[1]);
     assert_eq!(hidden.decision, "hidden");

@@ -55,6 +55,23 @@ async fn initialize(url: &str, key: &str) -> String {
     session
 }
 
+/// The session's GET stream, as bytes.
+async fn open_stream(
+    gw: &gateway::TestGateway,
+    session: &str,
+) -> impl futures_util::Stream<Item = reqwest::Result<axum::body::Bytes>> + Unpin {
+    let stream = reqwest::Client::new()
+        .get(gw.mcp_url())
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", session)
+        .bearer_auth(&gw.agent_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    stream.bytes_stream()
+}
+
 /// The text of a tools/call answer, JSON or SSE.
 async fn call_text(
     url: &str,
@@ -144,16 +161,7 @@ async fn a_publish_sends_list_changed_to_connected_clients() {
     )
     .await;
     let session = initialize(&gw.mcp_url(), &gw.agent_key).await;
-    let stream = reqwest::Client::new()
-        .get(gw.mcp_url())
-        .header("accept", "text/event-stream")
-        .header("mcp-session-id", &session)
-        .bearer_auth(&gw.agent_key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(stream.status(), 200);
-    let mut body = stream.bytes_stream();
+    let mut body = open_stream(&gw, &session).await;
 
     gw.publish(&json!({"version": "1", "default": "allow", "hide": ["echo"]}))
         .await;
@@ -226,16 +234,7 @@ async fn an_open_stream_ends_when_its_agent_is_revoked() {
     )
     .await;
     let session = initialize(&gw.mcp_url(), &gw.agent_key).await;
-    let stream = reqwest::Client::new()
-        .get(gw.mcp_url())
-        .header("accept", "text/event-stream")
-        .header("mcp-session-id", &session)
-        .bearer_auth(&gw.agent_key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(stream.status(), 200);
-    let mut body = stream.bytes_stream();
+    let mut body = open_stream(&gw, &session).await;
 
     portcullis_store::agents::revoke(&gw.db.pool, gw.org_id, gw.agent_id)
         .await
