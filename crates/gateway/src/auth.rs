@@ -127,6 +127,9 @@ impl AgentCache {
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             loop {
+                if db.is_closed() {
+                    return; // shutting down
+                }
                 let mut listener = match sqlx::postgres::PgListener::connect_with(&db).await {
                     Ok(l) => l,
                     Err(_) => {

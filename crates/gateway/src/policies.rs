@@ -134,6 +134,9 @@ impl PolicyCache {
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             loop {
+                if db.is_closed() {
+                    return; // shutting down
+                }
                 let mut listener = match sqlx::postgres::PgListener::connect_with(&db).await {
                     Ok(l) => l,
                     Err(e) => {
