@@ -35,6 +35,20 @@ async fn post(
     req.send().await.unwrap()
 }
 
+/// The status of an `initialize` sent with one extra header.
+async fn initialize_with(gw: &TestGateway, name: &str, value: &str) -> StatusCode {
+    reqwest::Client::new()
+        .post(gw.mcp_url())
+        .header("accept", ACCEPT)
+        .header(name, value)
+        .bearer_auth(&gw.agent_key)
+        .body(initialize_body().to_string())
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
 async fn error_of(resp: reqwest::Response) -> (StatusCode, i64, String) {
     let status = resp.status();
     let body: Value = resp.json().await.unwrap();
@@ -211,52 +225,20 @@ async fn bad_input_gets_the_right_status_and_error() {
         StatusCode::PAYLOAD_TOO_LARGE
     );
 
-    let bad_origin = reqwest::Client::new()
-        .post(gw.mcp_url())
-        .header("accept", ACCEPT)
-        .header("origin", "https://evil.example.com")
-        .bearer_auth(&gw.agent_key)
-        .body(initialize_body().to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(bad_origin.status(), StatusCode::FORBIDDEN);
-    let good_origin = reqwest::Client::new()
-        .post(gw.mcp_url())
-        .header("accept", ACCEPT)
-        .header("origin", "https://console.example.com")
-        .bearer_auth(&gw.agent_key)
-        .body(initialize_body().to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(good_origin.status(), StatusCode::OK);
+    let bad_origin = initialize_with(&gw, "origin", "https://evil.example.com").await;
+    assert_eq!(bad_origin, StatusCode::FORBIDDEN);
+    let good_origin = initialize_with(&gw, "origin", "https://console.example.com").await;
+    assert_eq!(good_origin, StatusCode::OK);
 
-    let rebinding = reqwest::Client::new()
-        .post(gw.mcp_url())
-        .header("accept", ACCEPT)
-        .header("host", "evil.example.com")
-        .bearer_auth(&gw.agent_key)
-        .body(initialize_body().to_string())
-        .send()
-        .await
-        .unwrap();
+    let rebinding = initialize_with(&gw, "host", "evil.example.com").await;
     assert_eq!(
-        rebinding.status(),
+        rebinding,
         StatusCode::FORBIDDEN,
         "a foreign Host is refused"
     );
-    let same_origin = reqwest::Client::new()
-        .post(gw.mcp_url())
-        .header("accept", ACCEPT)
-        .header("origin", &gw.base_url)
-        .bearer_auth(&gw.agent_key)
-        .body(initialize_body().to_string())
-        .send()
-        .await
-        .unwrap();
+    let same_origin = initialize_with(&gw, "origin", &gw.base_url).await;
     assert_eq!(
-        same_origin.status(),
+        same_origin,
         StatusCode::OK,
         "the gateway's own origin is allowed"
     );

@@ -117,8 +117,7 @@ impl AgentCache {
         entries.clear();
     }
 
-    /// Listens for agent changes and forgets the agents named.
-    /// Sends the id of every changed agent on `changed` (`Uuid::nil()`: any agent may have
+    /// Listens for agent changes and forgets the agents named. Sends the id of every changed agent on `changed` (`Uuid::nil()`: any agent may have
     /// changed), so open streams of a revoked agent can be ended.
     pub fn spawn_listener(
         self: Arc<Self>,
@@ -127,20 +126,9 @@ impl AgentCache {
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             loop {
-                if db.is_closed() {
+                let Some(mut listener) = crate::listen(&db, "portcullis_agent").await else {
                     return; // shutting down
-                }
-                let mut listener = match sqlx::postgres::PgListener::connect_with(&db).await {
-                    Ok(l) => l,
-                    Err(_) => {
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
-                    }
                 };
-                if listener.listen("portcullis_agent").await.is_err() {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
                 // Changes made while we were not listening are unknown: start afresh.
                 self.clear();
                 let _ = changed.send(Uuid::nil());

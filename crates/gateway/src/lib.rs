@@ -163,6 +163,27 @@ impl Gateway {
     }
 }
 
+/// A connection listening on `channel`, retried every second until it works; `None` once the
+/// pool is closed (the process is shutting down). Shared by the policy and agent listeners.
+pub(crate) async fn listen(db: &PgPool, channel: &str) -> Option<sqlx::postgres::PgListener> {
+    loop {
+        if db.is_closed() {
+            return None;
+        }
+        let outcome = match sqlx::postgres::PgListener::connect_with(db).await {
+            Ok(mut listener) => listener.listen(channel).await.map(|()| listener),
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(listener) => return Some(listener),
+            Err(e) => {
+                tracing::warn!(error = %e, channel, "cannot LISTEN; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
 /// The gateway's routes: the MCP endpoint and health.
 pub fn router(gateway: Arc<Gateway>) -> Router {
     let max_body = gateway.config.max_body_bytes;

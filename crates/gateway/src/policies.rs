@@ -134,22 +134,9 @@ impl PolicyCache {
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             loop {
-                if db.is_closed() {
+                let Some(mut listener) = crate::listen(&db, "portcullis_policy").await else {
                     return; // shutting down
-                }
-                let mut listener = match sqlx::postgres::PgListener::connect_with(&db).await {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "policy listener cannot connect; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
-                    }
                 };
-                if let Err(e) = listener.listen("portcullis_policy").await {
-                    tracing::warn!(error = %e, "cannot LISTEN for policy changes; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
                 // Anything published while we were not listening is picked up here.
                 if let Err(e) = self.load_all(&db).await {
                     tracing::warn!(error = %e, "cannot reload policies; keeping the ones in memory");
