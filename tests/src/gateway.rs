@@ -101,6 +101,7 @@ pub async fn seed(upstream_url: &str, policy: Option<Value>) -> Seeded {
         &db.pool,
         org.id,
         &NewServer {
+            id: portcullis_store::new_id(),
             name: "test upstream",
             url: Some(upstream_url),
             command: None,

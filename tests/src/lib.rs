@@ -4,10 +4,12 @@
 //! - [`client`]: a real MCP client (rmcp, Streamable HTTP) to put in front of it.
 //! - [`everything`]: `@modelcontextprotocol/server-everything` (Node), the reference MCP server.
 //! - [`gateway`]: a running gateway on a fresh database.
+//! - [`console`]: the console API and a gateway on one port, as `portcullis serve` runs them.
 
 use std::path::PathBuf;
 
 pub mod client;
+pub mod console;
 pub mod everything;
 pub mod gateway;
 pub mod upstream;

@@ -1,20 +1,195 @@
-//! The Portcullis control plane (console): the JSON API under `/api/v1` and the pages.
+//! The Portcullis control plane (console): the JSON API under `/api/v1` (API.md) and, later,
+//! the pages.
 //!
 //! Exposes [`router`] so the binary can serve it alone (`portcullis console`) or merged with
-//! the gateway (`portcullis serve`), and tests can bind it to port 0.
+//! the gateway (`portcullis serve`), and tests can bind it to port 0. Serve it with
+//! `into_make_service_with_connect_info::<SocketAddr>()` so failed log-ins are also counted
+//! per client address.
+//!
+//! Every route is declared through `utoipa-axum`, so the OpenAPI document served at
+//! `/api/v1/openapi.json` is generated from the same declarations as the router: a route cannot
+//! exist without being documented.
+
+pub mod auth;
+mod discovery;
+pub mod error;
+mod routes;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
 use portcullis_store::PgPool;
+use portcullis_store::crypto::{Sealer, SecretKey};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
-/// What every console handler needs.
+pub use auth::LoginLimits;
+use error::ApiError;
+
+/// The largest request body the API reads.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// How the console behaves; [`Default`] suits tests and development.
+#[derive(Debug, Clone)]
+pub struct ConsoleConfig {
+    /// The public URL of the gateway, for the `gateway_url` of each server (no trailing `/`).
+    pub public_gateway_url: String,
+    /// Register upstreams on loopback, private, link-local and metadata addresses.
+    pub allow_private_upstreams: bool,
+    /// Register stdio servers (a local command): self-hosted only.
+    pub allow_stdio_servers: bool,
+    /// The bound on each request of a discovery (initialize, each tools/list page).
+    pub discovery_timeout: Duration,
+    pub login_limits: LoginLimits,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            public_gateway_url: "http://127.0.0.1:8080".into(),
+            allow_private_upstreams: false,
+            allow_stdio_servers: false,
+            discovery_timeout: Duration::from_secs(10),
+            login_limits: LoginLimits::default(),
+        }
+    }
+}
+
+/// What every console handler needs; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct ConsoleState {
-    pub db: PgPool,
-    /// The public URL of the gateway, for the `gateway_url` of each server.
-    pub public_gateway_url: String,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    db: PgPool,
+    config: ConsoleConfig,
+    tokens: auth::Tokens,
+    /// Seals upstream credential headers (with the server id as associated data).
+    credentials: Sealer,
+    /// The HTTP client for discovery, refusing private addresses unless allowed.
+    http: reqwest::Client,
+    throttle: auth::LoginThrottle,
+    /// A real Argon2id hash checked when the email is unknown, so that answer takes as long
+    /// as a wrong password.
+    dummy_hash: tokio::sync::OnceCell<String>,
+}
+
+impl ConsoleState {
+    /// Fails only when the TLS stack of the discovery client cannot start.
+    pub fn new(
+        db: PgPool,
+        key: &SecretKey,
+        mut config: ConsoleConfig,
+    ) -> Result<Self, reqwest::Error> {
+        while config.public_gateway_url.ends_with('/') {
+            config.public_gateway_url.pop();
+        }
+        let http = portcullis_mcp::upstream::guarded_client_builder(config.allow_private_upstreams)
+            .build()?;
+        Ok(ConsoleState {
+            inner: Arc::new(Inner {
+                db,
+                tokens: auth::Tokens::new(key),
+                credentials: Sealer::new(key, portcullis_store::servers::CREDENTIALS_PURPOSE),
+                http,
+                throttle: auth::LoginThrottle::new(config.login_limits),
+                dummy_hash: tokio::sync::OnceCell::new(),
+                config,
+            }),
+        })
+    }
+
+    pub(crate) fn db(&self) -> &PgPool {
+        &self.inner.db
+    }
+
+    pub(crate) fn config(&self) -> &ConsoleConfig {
+        &self.inner.config
+    }
+
+    /// `{public gateway URL}/mcp/{server id}`.
+    pub(crate) fn gateway_url(&self, server_id: uuid::Uuid) -> String {
+        format!("{}/mcp/{server_id}", self.inner.config.public_gateway_url)
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Portcullis console API",
+        version = "1",
+        description = "Accounts, organizations, agents, servers and policies. See API.md."
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+fn api() -> (Router<ConsoleState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(routes::router())
+        .split_for_parts()
+}
+
+/// The OpenAPI 3.1 document of the API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().1
 }
 
 /// The console's routes.
 pub fn router(state: ConsoleState) -> Router {
-    Router::new().with_state(state)
+    let (api, doc) = api();
+    let doc = Arc::new(doc);
+    api.route(
+        "/api/v1/openapi.json",
+        axum::routing::get(move || {
+            let doc = doc.clone();
+            async move { axum::Json(doc.as_ref().clone()) }
+        }),
+    )
+    .route("/api/v1", axum::routing::any(no_route))
+    .route("/api/v1/{*rest}", axum::routing::any(no_route))
+    .method_not_allowed_fallback(method_not_allowed)
+    .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+    .with_state(state)
+}
+
+/// Unknown paths under `/api/v1` answer in the API's error shape.
+async fn no_route() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_route",
+        "no such API route; see /api/v1/openapi.json",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take this method; see /api/v1/openapi.json",
+    )
 }

@@ -41,8 +41,6 @@ use crate::upstreams::{Upstream, UpstreamLookupError};
 
 /// Tools per `tools/list` page the gateway serves.
 const PAGE_SIZE: usize = 100;
-/// Upstream `tools/list` pages read at most (a loop guard against a cursor that never ends).
-const MAX_UPSTREAM_PAGES: usize = 100;
 /// The largest `initialize` params accepted (they are sealed into the session id).
 const MAX_INITIALIZE_PARAMS: usize = 16 * 1024;
 /// Re-opened upstream sessions remembered at most.
@@ -630,52 +628,14 @@ impl Ctx {
     /// Every tool the upstream lists now, following its cursors, and whether it answered on an
     /// SSE stream (the gateway then answers its client the same way).
     async fn upstream_tools(&self) -> Result<(Vec<Value>, bool), UpstreamError> {
-        let mut tools = Vec::new();
-        let mut streamed = false;
-        let mut cursor: Option<Value> = None;
-        for page in 0..MAX_UPSTREAM_PAGES {
-            let id = RequestId::String(format!(
-                "portcullis-tools-{}-{page}",
-                Uuid::new_v4().simple()
-            ));
-            let mut params = serde_json::Map::new();
-            if let Some(c) = &cursor {
-                params.insert("cursor".into(), c.clone());
-            }
-            let request = Message::Request(Request {
-                id: id.clone(),
-                method: "tools/list".into(),
-                params: Some(Value::Object(params)),
-            })
-            .to_value();
-            // The gateway's own request, in the session's negotiated version.
-            let version = Some(self.session.protocol_version.as_str());
-            let message = match self.post_upstream(&request, version).await? {
-                PostResponse::Json { message, .. } => message,
-                PostResponse::Stream { mut events, .. } => {
-                    streamed = true;
-                    collect_until_response(&mut events, &id).await?.1
-                }
-                PostResponse::Accepted => {
-                    return Err(UpstreamError::Protocol(
-                        "tools/list was not answered".into(),
-                    ));
-                }
-            };
-            if let Some(error) = message.get("error") {
-                return Err(UpstreamError::Protocol(format!(
-                    "tools/list failed: {error}"
-                )));
-            }
-            let result = message.get("result").cloned().unwrap_or(Value::Null);
-            if let Some(page_tools) = result.get("tools").and_then(Value::as_array) {
-                tools.extend(page_tools.iter().cloned());
-            }
-            match result.get("nextCursor") {
-                Some(c) if !c.is_null() => cursor = Some(c.clone()),
-                _ => break,
-            }
-        }
+        // The gateway's own requests, in the session's negotiated version.
+        let version = Some(self.session.protocol_version.as_str());
+        let prefix = format!("portcullis-tools-{}", Uuid::new_v4().simple());
+        let (tools, streamed) = portcullis_mcp::upstream::list_all_tools(
+            |request| async move { self.post_upstream(&request, version).await },
+            &prefix,
+        )
+        .await?;
         let catalog: Catalog = tools
             .iter()
             .filter_map(|t| {

@@ -98,6 +98,15 @@ pub fn migrate(opts: DatabaseOpts) -> anyhow::Result<()> {
 pub fn run(planes: Planes, opts: ServerOpts) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         let db = Database::open(&opts.database).await?;
+        let mut opts = opts;
+        if db.embedded.is_some() && !opts.allow_private_upstreams {
+            // The embedded default is a single-user, self-hosted setup whose MCP servers are
+            // usually on the same machine or network.
+            tracing::warn!(
+                "embedded database: allowing upstream MCP servers on private addresses (as --allow-private-upstreams); set DATABASE_URL for a shared deployment"
+            );
+            opts.allow_private_upstreams = true;
+        }
         let served = serve(planes, &opts, &db.pool).await;
         db.close().await;
         served
@@ -145,12 +154,18 @@ async fn serve(planes: Planes, opts: &ServerOpts, pool: &PgPool) -> anyhow::Resu
         app = app.merge(portcullis_gateway::health::router(pool.clone()));
     }
     if planes != Planes::Gateway {
-        app = app.merge(portcullis_console::router(
-            portcullis_console::ConsoleState {
-                db: pool.clone(),
+        let console = portcullis_console::ConsoleState::new(
+            pool.clone(),
+            &key,
+            portcullis_console::ConsoleConfig {
                 public_gateway_url: public_url.clone(),
+                allow_private_upstreams: opts.allow_private_upstreams,
+                allow_stdio_servers: opts.allow_stdio_servers,
+                ..portcullis_console::ConsoleConfig::default()
             },
-        ));
+        )
+        .context("cannot start the console")?;
+        app = app.merge(portcullis_console::router(console));
     }
 
     let admin = TcpListener::bind(opts.admin_listen)
@@ -181,7 +196,8 @@ async fn serve(planes: Planes, opts: &ServerOpts, pool: &PgPool) -> anyhow::Resu
         listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         }),
-        app,
+        // The client address counts failed log-ins per address.
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
     .with_graceful_shutdown(async move {
         shutdown_signal().await;

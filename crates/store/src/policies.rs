@@ -243,3 +243,19 @@ pub async fn enforced(pool: &PgPool, policy_id: Uuid) -> Result<Option<Enforced>
     .fetch_optional(pool)
     .await?)
 }
+
+/// `{"tool": "definition hash"}` reviewed when the server's enforced policy (not an agent's)
+/// was published; `None` when nothing is published.
+pub async fn reviewed_tools(pool: &PgPool, org_id: Uuid, server_id: Uuid) -> Result<Option<Value>> {
+    Ok(sqlx::query_scalar!(
+        "SELECT v.reviewed_tools
+         FROM policies p
+         JOIN policy_heads h ON h.policy_id = p.id
+         JOIN policy_versions v ON v.id = h.enforced_version_id
+         WHERE p.org_id = $1 AND p.server_id = $2 AND p.agent_id IS NULL",
+        org_id,
+        server_id
+    )
+    .fetch_optional(pool)
+    .await?)
+}

@@ -6,7 +6,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::{Result, new_id};
+use crate::{Error, Result};
 
 /// How the gateway reaches an upstream.
 #[derive(Debug, Clone, Serialize)]
@@ -42,6 +42,9 @@ impl std::fmt::Debug for ServerSecrets {
 
 #[derive(Debug)]
 pub struct NewServer<'a> {
+    /// Chosen by the caller (with [`crate::new_id`]) because credentials are sealed with the
+    /// server's id as associated data before the row exists.
+    pub id: Uuid,
     pub name: &'a str,
     pub url: Option<&'a str>,
     pub command: Option<&'a Value>,
@@ -67,7 +70,7 @@ pub struct Tool {
 
 /// Registers a server. `Conflict` on `servers_org_name_key` when the name is taken.
 pub async fn insert(pool: &PgPool, org_id: Uuid, new: &NewServer<'_>) -> Result<Server> {
-    let id = new_id();
+    let id = new.id;
     sqlx::query!(
         "INSERT INTO servers (id, org_id, name, url, command, header_names, headers_enc, env_enc,
                               transport_requested, transport, protocol_version, server_info,
@@ -137,16 +140,25 @@ pub async fn delete(pool: &PgPool, org_id: Uuid, id: Uuid) -> Result<()> {
     .execute(pool)
     .await?;
     if done.rows_affected() == 0 {
-        return Err(crate::Error::NotFound);
+        return Err(Error::NotFound);
     }
     Ok(())
 }
 
-/// Replaces the tool catalog of a server with a fresh discovery, in upstream order.
+/// What a discovery learnt of the upstream besides its tools.
+#[derive(Debug, Default)]
+pub struct Discovered<'a> {
+    pub protocol_version: Option<&'a str>,
+    pub server_info: Option<&'a Value>,
+}
+
+/// Replaces the tool catalog of a server with a fresh discovery, in upstream order, and marks
+/// the server active.
 pub async fn replace_tools(
     pool: &PgPool,
     org_id: Uuid,
     server_id: Uuid,
+    discovered: &Discovered<'_>,
     tools: &[Tool],
 ) -> Result<()> {
     let mut tx = pool.begin().await?;
@@ -185,10 +197,14 @@ pub async fn replace_tools(
         .await?;
     }
     sqlx::query!(
-        "UPDATE servers SET last_discovered_at = now(), status = 'active', status_detail = NULL
+        "UPDATE servers SET last_discovered_at = now(), status = 'active', status_detail = NULL,
+                            protocol_version = COALESCE($3, protocol_version),
+                            server_info = COALESCE($4, server_info)
          WHERE org_id = $1 AND id = $2",
         org_id,
-        server_id
+        server_id,
+        discovered.protocol_version,
+        discovered.server_info,
     )
     .execute(&mut *tx)
     .await?;
@@ -206,6 +222,30 @@ pub async fn tools(pool: &PgPool, org_id: Uuid, server_id: Uuid) -> Result<Vec<T
     )
     .fetch_all(pool)
     .await?)
+}
+
+/// Records that a re-discovery failed (`status` is `unreachable` or `error`); the catalog is
+/// kept as it was.
+pub async fn record_discovery_failure(
+    pool: &PgPool,
+    org_id: Uuid,
+    server_id: Uuid,
+    status: &str,
+    detail: &str,
+) -> Result<()> {
+    let done = sqlx::query!(
+        "UPDATE servers SET status = $3, status_detail = $4 WHERE org_id = $1 AND id = $2",
+        org_id,
+        server_id,
+        status,
+        detail
+    )
+    .execute(pool)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(Error::NotFound);
+    }
+    Ok(())
 }
 
 /// The hash a tool definition is reviewed under: SHA-256 (hex) of the canonical JSON (keys

@@ -28,6 +28,7 @@ async fn server(pool: &PgPool, org: Uuid, name: &str) -> Uuid {
         pool,
         org,
         &NewServer {
+            id: portcullis_store::new_id(),
             name,
             url: Some("https://mcp.example.com/mcp"),
             command: None,
@@ -146,10 +147,17 @@ async fn servers_tools_and_agents_do_not_cross_organizations() {
         recommended: json!({"hide": true}),
     };
     assert!(matches!(
-        servers::replace_tools(&db.pool, org_b, server_a, std::slice::from_ref(&tool)).await,
+        servers::replace_tools(
+            &db.pool,
+            org_b,
+            server_a,
+            &Default::default(),
+            std::slice::from_ref(&tool)
+        )
+        .await,
         Err(Error::NotFound)
     ));
-    servers::replace_tools(&db.pool, org_a, server_a, &[tool])
+    servers::replace_tools(&db.pool, org_a, server_a, &Default::default(), &[tool])
         .await
         .unwrap();
     assert_eq!(

@@ -5,6 +5,7 @@
 //! timeouts) are recorded in the crate's README.md.
 
 pub mod addresses;
+mod discover;
 mod http;
 mod stream;
 
@@ -15,6 +16,7 @@ use serde_json::{Value, json};
 use crate::jsonrpc::{ErrorObject, code};
 use crate::sse::DEFAULT_MAX_EVENT_BYTES;
 
+pub use discover::{Discovery, MAX_TOOL_PAGES, discover, list_all_tools};
 pub use http::{PostResponse, StreamableHttpClient};
 pub use stream::{EventStream, collect_until_response};
 

@@ -1,0 +1,217 @@
+//! Live discovery of an upstream's tools, classified for the catalog.
+
+use std::collections::{BTreeMap, HashSet};
+
+use portcullis_mcp::upstream::{StreamableHttpClient, UpstreamConfig, UpstreamError, discover};
+use portcullis_policy::classify::classify;
+use portcullis_store::servers::{Tool, definition_hash};
+use serde_json::{Value, json};
+
+use crate::ConsoleState;
+use crate::error::ApiError;
+
+/// What discovery found, ready to store.
+#[derive(Debug)]
+pub struct Found {
+    pub protocol_version: String,
+    pub server_info: Option<Value>,
+    pub tools: Vec<Tool>,
+    /// Tools dropped: no name, or a name listed twice (the first wins).
+    pub skipped: Vec<String>,
+}
+
+/// Discovers the tools of the Streamable HTTP upstream at `url` with `headers`.
+pub async fn discover_http(
+    state: &ConsoleState,
+    url: &url::Url,
+    headers: &BTreeMap<String, String>,
+) -> Result<Found, ApiError> {
+    if !state.config().allow_private_upstreams {
+        portcullis_mcp::upstream::addresses::check_literal(url).map_err(|reason| {
+            ApiError::invalid(
+                "private_address",
+                "/url",
+                format!("{reason}; this instance refuses private upstream addresses"),
+            )
+        })?;
+    }
+    let mut config = UpstreamConfig::new(url.clone()).timeout(state.config().discovery_timeout);
+    for (name, value) in headers {
+        config = config.header(name, value);
+    }
+    let client = StreamableHttpClient::new(state.inner.http.clone(), config);
+    let discovery = discover(&client, "portcullis-console")
+        .await
+        .map_err(|e| discovery_error(url, &e))?;
+    let server_info = discovery.server_info().cloned();
+    Ok(Found {
+        protocol_version: discovery.initialized.protocol_version,
+        server_info,
+        ..catalog(discovery.tools)
+    })
+}
+
+/// The 422 for a failed discovery, in plain words.
+fn discovery_error(url: &url::Url, error: &UpstreamError) -> ApiError {
+    let shown = {
+        let mut u = url.clone();
+        let _ = u.set_password(None);
+        let _ = u.set_username("");
+        u.set_query(None);
+        u.to_string()
+    };
+    let what = match error {
+        UpstreamError::Connect(cause) => {
+            let lower = cause.to_ascii_lowercase();
+            if lower.contains("refused") {
+                "connection refused".to_owned()
+            } else if lower.contains("private") || lower.contains("not public") {
+                format!("{cause} (this instance refuses private upstream addresses)")
+            } else {
+                format!("could not connect: {cause}")
+            }
+        }
+        UpstreamError::Timeout(_) => error.to_string().replace("upstream ", ""),
+        UpstreamError::Status { status, .. } => format!("answered {status}"),
+        UpstreamError::NotMcp(reason) => format!("not an MCP server: {reason}"),
+        UpstreamError::Rejected(e) => format!("refused to initialize: {}", e.message),
+        UpstreamError::SessionExpired => "answered 404 (no such session) during discovery".into(),
+        UpstreamError::TooLarge(limit) => format!("sent a message over the {limit}-byte limit"),
+        UpstreamError::Protocol(reason) => format!("broke the MCP protocol: {reason}"),
+        UpstreamError::Config(reason) => {
+            return ApiError::invalid("invalid_headers", "/headers", reason.clone());
+        }
+    };
+    ApiError::invalid(
+        "discovery_failed",
+        "/url",
+        format!("cannot discover the tools of {shown}: {what}"),
+    )
+}
+
+/// Classifies tool definitions into catalog rows, keeping the first of duplicate names.
+pub fn catalog(definitions: Vec<Value>) -> Found {
+    let mut seen = HashSet::new();
+    let mut tools = Vec::new();
+    let mut skipped = Vec::new();
+    for definition in definitions {
+        let Some(name) = definition
+            .get("name")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+        else {
+            skipped.push("(a tool without a name)".into());
+            continue;
+        };
+        if name.is_empty() || !seen.insert(name.clone()) {
+            skipped.push(name);
+            continue;
+        }
+        let c = classify(&definition);
+        tools.push(Tool {
+            definition_hash: definition_hash(&definition),
+            category: c.category.as_str().into(),
+            risk: c.risk.as_str().into(),
+            evidence: json!(c.evidence),
+            recommended: serde_json::to_value(&c.recommended).unwrap_or(Value::Null),
+            name,
+            definition,
+        });
+    }
+    Found {
+        protocol_version: String::new(),
+        server_info: None,
+        tools,
+        skipped,
+    }
+}
+
+/// The draft proposed for a server without a policy: `default: deny` (a tool nobody reviewed
+/// is not callable), changed tools hidden, and each tool's recommended rule.
+pub fn recommended_policy(tools: &[Tool]) -> Value {
+    let mut hide = Vec::new();
+    let mut rules = serde_json::Map::new();
+    for tool in tools {
+        match tool.recommended.get("rule") {
+            Some(rule) => {
+                rules.insert(tool.name.clone(), rule.clone());
+            }
+            None => hide.push(Value::String(tool.name.clone())),
+        }
+    }
+    json!({
+        "version": "1",
+        "default": "deny",
+        "changed_tools": "hide",
+        "hide": hide,
+        "tools": rules,
+    })
+}
+
+/// Added, removed and changed tool names between two catalogs.
+pub fn changes(before: &[Tool], after: &[Tool]) -> Value {
+    let old: BTreeMap<&str, &str> = before
+        .iter()
+        .map(|t| (t.name.as_str(), t.definition_hash.as_str()))
+        .collect();
+    let new: BTreeMap<&str, &str> = after
+        .iter()
+        .map(|t| (t.name.as_str(), t.definition_hash.as_str()))
+        .collect();
+    let added: Vec<&str> = new
+        .keys()
+        .filter(|n| !old.contains_key(*n))
+        .copied()
+        .collect();
+    let removed: Vec<&str> = old
+        .keys()
+        .filter(|n| !new.contains_key(*n))
+        .copied()
+        .collect();
+    let changed: Vec<&str> = new
+        .iter()
+        .filter(|(n, h)| old.get(*n).is_some_and(|o| o != *h))
+        .map(|(n, _)| *n)
+        .collect();
+    json!({"added": added, "removed": removed, "changed": changed})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tool(name: &str, description: &str) -> Value {
+        json!({"name": name, "description": description,
+               "inputSchema": {"type": "object", "properties": {}}})
+    }
+
+    #[test]
+    fn catalog_classifies_and_drops_duplicates_and_nameless_tools() {
+        let found = catalog(vec![
+            tool("list_items", "List the items."),
+            tool("delete_item", "Delete an item permanently."),
+            tool("list_items", "A second definition."),
+            json!({"description": "no name"}),
+        ]);
+        let names: Vec<&str> = found.tools.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["list_items", "delete_item"]);
+        assert_eq!(found.tools[0].category, "read");
+        assert_eq!(found.tools[1].category, "destructive");
+        assert_eq!(found.tools[1].recommended, json!({"hide": true}));
+        assert_eq!(found.skipped, ["list_items", "(a tool without a name)"]);
+        let policy = recommended_policy(&found.tools);
+        assert_eq!(policy["hide"], json!(["delete_item"]));
+        assert!(policy["tools"].get("list_items").is_some());
+        portcullis_policy::Policy::from_value(&policy).expect("the recommended draft is valid");
+    }
+
+    #[test]
+    fn changes_name_added_removed_and_changed_tools() {
+        let before = catalog(vec![tool("a", "A"), tool("b", "B"), tool("c", "C")]).tools;
+        let after = catalog(vec![tool("a", "A"), tool("b", "B2"), tool("d", "D")]).tools;
+        assert_eq!(
+            changes(&before, &after),
+            json!({"added": ["d"], "removed": ["c"], "changed": ["b"]})
+        );
+    }
+}

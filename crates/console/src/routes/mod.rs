@@ -1,0 +1,20 @@
+//! The API's routes, one module per resource of API.md.
+
+mod accounts;
+mod agents;
+mod policies;
+pub(crate) mod servers;
+mod settings;
+
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::ConsoleState;
+
+pub fn router() -> OpenApiRouter<ConsoleState> {
+    OpenApiRouter::new()
+        .merge(accounts::router())
+        .merge(agents::router())
+        .merge(servers::router())
+        .merge(policies::router())
+        .merge(settings::router())
+}

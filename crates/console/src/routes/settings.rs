@@ -1,0 +1,102 @@
+//! Organization settings.
+
+use axum::extract::State;
+use portcullis_store::orgs::{self, Settings};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::ConsoleState;
+use crate::auth::OrgAccess;
+use crate::error::{ApiError, ApiResult, ErrorBody, Json};
+
+pub fn router() -> OpenApiRouter<ConsoleState> {
+    OpenApiRouter::new().routes(routes!(get_settings, put_settings))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SettingsView {
+    /// Receives a JSON POST for every new approval request.
+    pub approval_webhook_url: Option<String>,
+    /// Store argument values in the activity log (secret-looking keys are redacted).
+    pub store_argument_values: bool,
+}
+
+impl From<Settings> for SettingsView {
+    fn from(s: Settings) -> Self {
+        SettingsView {
+            approval_webhook_url: s.approval_webhook_url,
+            store_argument_values: s.store_argument_values,
+        }
+    }
+}
+
+/// A partial update: fields left out keep their value; `approval_webhook_url: null` removes it.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsUpdate {
+    #[serde(default, with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub approval_webhook_url: Option<Option<String>>,
+    pub store_argument_values: Option<bool>,
+}
+
+/// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
+mod double_option {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Option<String>>, D::Error> {
+        Option::<String>::deserialize(d).map(Some)
+    }
+}
+
+/// The organization's settings.
+#[utoipa::path(get, path = "/api/v1/orgs/{org}/settings", tag = "organizations",
+    params(("org" = String, Path, description = "the organization's slug")),
+    responses((status = 200, body = SettingsView), (status = 404, body = ErrorBody)))]
+async fn get_settings(
+    State(state): State<ConsoleState>,
+    access: OrgAccess,
+) -> ApiResult<Json<SettingsView>> {
+    Ok(Json(
+        orgs::settings(state.db(), access.org_id()).await?.into(),
+    ))
+}
+
+/// Change the organization's settings (admin only).
+#[utoipa::path(put, path = "/api/v1/orgs/{org}/settings", tag = "organizations",
+    params(("org" = String, Path, description = "the organization's slug")),
+    request_body = SettingsUpdate,
+    responses((status = 200, body = SettingsView), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn put_settings(
+    State(state): State<ConsoleState>,
+    access: OrgAccess,
+    Json(update): Json<SettingsUpdate>,
+) -> ApiResult<Json<SettingsView>> {
+    access.require_admin()?;
+    let mut settings = orgs::settings(state.db(), access.org_id()).await?;
+    if let Some(url) = update.approval_webhook_url {
+        let url = url.map(|u| u.trim().to_owned()).filter(|u| !u.is_empty());
+        if let Some(u) = &url {
+            let ok = url::Url::parse(u).is_ok_and(|p| matches!(p.scheme(), "http" | "https"));
+            if !ok || u.len() > 2048 {
+                return Err(ApiError::invalid(
+                    "invalid_settings",
+                    "/approval_webhook_url",
+                    "must be an http or https URL",
+                ));
+            }
+        }
+        settings.approval_webhook_url = url;
+    }
+    if let Some(store) = update.store_argument_values {
+        settings.store_argument_values = store;
+    }
+    let saved = orgs::update_settings(state.db(), access.org_id(), &settings).await?;
+    tracing::info!(org = %access.org.slug, by = %access.user_id, "settings changed");
+    Ok(Json(saved.into()))
+}

@@ -1,0 +1,222 @@
+//! A running Portcullis as `portcullis serve` runs it: the console API and the gateway on one
+//! port, over a fresh database, served on 127.0.0.1:0 with connect info.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::serve::ListenerExt as _;
+use portcullis_console::{ConsoleConfig, ConsoleState};
+use portcullis_gateway::Gateway;
+use portcullis_store::crypto::SecretKey;
+use portcullis_store::testing::{TestDatabase, fresh_database};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+/// The console and a gateway on one address.
+pub struct TestApp {
+    /// `http://127.0.0.1:PORT`
+    pub base_url: String,
+    pub db: TestDatabase,
+    pub gateway: Arc<Gateway>,
+    pub http: reqwest::Client,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What [`TestApp::signup`] created.
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub email: String,
+    pub password: String,
+    pub token: String,
+    pub slug: String,
+    pub user_id: String,
+    pub org_id: String,
+}
+
+/// Settings for tests: loopback upstreams allowed (test servers run there).
+pub fn test_config() -> ConsoleConfig {
+    ConsoleConfig {
+        allow_private_upstreams: true,
+        ..ConsoleConfig::default()
+    }
+}
+
+impl TestApp {
+    pub async fn start() -> TestApp {
+        Self::start_with(test_config()).await
+    }
+
+    pub async fn start_with(mut config: ConsoleConfig) -> TestApp {
+        let db = fresh_database().await.expect("a test database");
+        let key = SecretKey::generate().expect("a secret key");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let base_url = format!("http://{addr}");
+        config.public_gateway_url = base_url.clone();
+        let mut gateway_config = crate::gateway::test_config();
+        gateway_config.allowed_hosts = vec![addr.to_string()];
+        let gateway = Gateway::start(db.pool.clone(), &key, gateway_config)
+            .await
+            .expect("the gateway starts");
+        let console = ConsoleState::new(db.pool.clone(), &key, config).expect("the console");
+        let app =
+            portcullis_gateway::router(gateway.clone()).merge(portcullis_console::router(console));
+        let task = tokio::spawn(async move {
+            axum::serve(
+                listener.tap_io(|tcp| drop(tcp.set_nodelay(true))),
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+            .ok();
+        });
+        TestApp {
+            base_url,
+            db,
+            gateway,
+            http: reqwest::Client::new(),
+            task,
+        }
+    }
+
+    /// Sends `body` (JSON, if any) with `token` (if any); answers the status and the JSON body
+    /// (`null` when empty, `{"raw": text}` when not JSON).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base_url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.expect("the console answers");
+        read(response).await
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: &Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, Some(token), Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, token: &str, body: &Value) -> (StatusCode, Value) {
+        self.call(Method::PUT, path, Some(token), Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.call(Method::DELETE, path, Some(token), None).await
+    }
+
+    /// Signs up `email` with a new organization named `organization`.
+    pub async fn signup(&self, email: &str, organization: &str) -> Account {
+        let password = format!("pw-{}-long-enough", uuid::Uuid::new_v4().simple());
+        let (status, body) = self
+            .call(
+                Method::POST,
+                "/api/v1/signup",
+                None,
+                Some(&json!({"email": email, "password": password, "organization": organization})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "signup: {body}");
+        Account {
+            email: email.to_owned(),
+            password,
+            token: body["token"].as_str().expect("a token").to_owned(),
+            slug: body["organization"]["slug"]
+                .as_str()
+                .expect("a slug")
+                .to_owned(),
+            user_id: body["user"]["id"].as_str().expect("a user id").to_owned(),
+            org_id: body["organization"]["id"]
+                .as_str()
+                .expect("an org id")
+                .to_owned(),
+        }
+    }
+
+    /// Registers the MCP server at `url` in organization `org`; answers the server.
+    pub async fn register(&self, token: &str, org: &str, name: &str, url: &str) -> Value {
+        let (status, body) = self
+            .post(
+                &format!("/api/v1/orgs/{org}/servers"),
+                token,
+                &json!({"name": name, "url": url}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "register {url}: {body}");
+        body
+    }
+}
+
+/// The status and JSON body of a response.
+pub async fn read(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let text = response.text().await.expect("a body");
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|_| json!({"raw": text}))
+    };
+    (status, body)
+}
+
+/// Asserts the API's error shape and code.
+pub fn assert_error(body: &Value, code: &str) {
+    assert_eq!(body["error"]["code"], code, "error code in {body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "an error message in {body}"
+    );
+}
+
+/// An MCP `initialize` POST to `gateway_url` with `key`: the gateway's status.
+pub async fn gateway_status(http: &reqwest::Client, gateway_url: &str, key: &str) -> StatusCode {
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                      "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                                 "clientInfo": {"name": "probe", "version": "1"}}});
+    http.post(gateway_url)
+        .bearer_auth(key)
+        .header("Accept", "application/json, text/event-stream")
+        .json(&init)
+        .send()
+        .await
+        .expect("the gateway answers")
+        .status()
+}
+
+/// Polls the gateway until `key` is refused (401 or 404), for at most 1 s (the promise of
+/// API.md for revocation); answers the refusal's status, and fails the test after 1 s.
+pub async fn wait_until_refused(app: &TestApp, gateway_url: &str, key: &str) -> StatusCode {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        let status = gateway_status(&app.http, gateway_url, key).await;
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::NOT_FOUND {
+            return status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the key still works after 1 s ({status})"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
