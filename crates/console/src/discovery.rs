@@ -65,8 +65,12 @@ fn discovery_error(url: &url::Url, error: &UpstreamError) -> ApiError {
             let lower = cause.to_ascii_lowercase();
             if lower.contains("refused") {
                 "connection refused".to_owned()
-            } else if lower.contains("private") || lower.contains("not public") {
-                format!("{cause} (this instance refuses private upstream addresses)")
+            } else if lower.contains("private address") {
+                return ApiError::invalid(
+                    "private_address",
+                    "/url",
+                    format!("{cause}; this instance refuses private upstream addresses"),
+                );
             } else {
                 format!("could not connect: {cause}")
             }
