@@ -954,3 +954,48 @@ async fn the_openapi_document_covers_every_route_of_the_contract() {
         "documented operations beyond the contract"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_documents_keep_the_order_they_were_written_in() {
+    let (app, fake, alice) = setup().await;
+    let server = app
+        .register(&alice.token, &alice.slug, "tickets", &fake.mcp())
+        .await;
+    let policy = format!(
+        "/api/v1/orgs/{}/servers/{}/policy",
+        alice.slug,
+        server["id"].as_str().unwrap()
+    );
+    // Two globs of equal specificity (four literal characters) match get_ticket: the first in
+    // the document wins (POLICY.md). Stored as jsonb, the shorter-sorting `*cket` would come first.
+    let text = r#"{"version":"1","default":"allow","tools":{"get_*":{"action":"deny","reason":"first"},"*cket":{}}}"#;
+    let response = app
+        .http
+        .put(format!("{}{policy}", app.base_url))
+        .bearer_auth(&alice.token)
+        .header("content-type", "application/json")
+        .body(text)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let (_, read_back) = app.get(&policy, &alice.token).await;
+    assert_eq!(read_back["draft"].to_string(), text);
+    let (status, _) = app
+        .post(&format!("{policy}/publish"), &alice.token, &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, v1) = app.get(&format!("{policy}/versions/1"), &alice.token).await;
+    assert_eq!(v1["document"].to_string(), text);
+    for draft in [true, false] {
+        let (_, sim) = app
+            .post(
+                &format!("{policy}/simulate"),
+                &alice.token,
+                &json!({"tool": "get_ticket", "draft": draft}),
+            )
+            .await;
+        assert_eq!(sim["rule"], "/tools/get_*", "{sim}");
+        assert_eq!(sim["reason"], "first");
+    }
+}

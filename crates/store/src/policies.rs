@@ -104,7 +104,7 @@ pub async fn put_draft(
 ) -> Result<Uuid> {
     let id = sqlx::query_scalar!(
         "INSERT INTO policies (id, org_id, server_id, agent_id, draft, draft_updated_by)
-         SELECT $1, s.org_id, s.id, $4, $5, $6 FROM servers s WHERE s.org_id = $2 AND s.id = $3
+         SELECT $1, s.org_id, s.id, $4, $5::text::json, $6 FROM servers s WHERE s.org_id = $2 AND s.id = $3
          ON CONFLICT ON CONSTRAINT policies_server_agent_key
          DO UPDATE SET draft = EXCLUDED.draft, draft_updated_at = now(),
                        draft_updated_by = EXCLUDED.draft_updated_by
@@ -114,7 +114,8 @@ pub async fn put_draft(
         org_id,
         server_id,
         agent_id,
-        document,
+        // As text: a JSON parameter travels as jsonb, which would reorder the keys.
+        document.to_string(),
         user_id
     )
     .fetch_optional(pool)
@@ -139,7 +140,7 @@ pub async fn publish(
 ) -> Result<Version> {
     let mut tx = pool.begin().await?;
     let policy = sqlx::query!(
-        "SELECT id, server_id, draft FROM policies WHERE org_id = $1 AND id = $2 FOR UPDATE",
+        "SELECT id, server_id FROM policies WHERE org_id = $1 AND id = $2 FOR UPDATE",
         org_id,
         policy_id
     )
@@ -149,15 +150,14 @@ pub async fn publish(
         r#"INSERT INTO policy_versions (id, org_id, policy_id, version, document, reviewed_tools, published_by)
            VALUES ($1, $2, $3,
                    (SELECT COALESCE(max(version), 0) + 1 FROM policy_versions WHERE policy_id = $3),
-                   $4,
+                   (SELECT draft FROM policies WHERE id = $3),
                    (SELECT COALESCE(jsonb_object_agg(name, definition_hash), '{}')
-                    FROM tools WHERE org_id = $2 AND server_id = $5),
-                   $6)
+                    FROM tools WHERE org_id = $2 AND server_id = $4),
+                   $5)
            RETURNING id, version, document, published_at, published_by"#,
         new_id(),
         org_id,
         policy.id,
-        policy.draft,
         policy.server_id,
         user_id
     )
