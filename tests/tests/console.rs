@@ -343,3 +343,85 @@ fn log_dir(test: &str) -> PathBuf {
     drop(std::fs::remove_dir_all(&dir));
     dir
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdio_servers_register_only_where_allowed() {
+    let toolchain = everything::toolchain();
+    let command = json!([toolchain.node, toolchain.everything, "stdio"]);
+
+    // The default refuses: a command runs on the Portcullis host.
+    let app = TestApp::start().await;
+    let alice = app.signup("alice@acme.test", "Acme").await;
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/orgs/{}/servers", alice.slug),
+            &alice.token,
+            &json!({"name": "local", "command": command}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_error(&body, "stdio_disabled");
+
+    // Self-hosted with --allow-stdio-servers: discovered over stdio like any other.
+    let app = TestApp::start_with(portcullis_console::ConsoleConfig {
+        allow_stdio_servers: true,
+        ..portcullis_tests::console::test_config()
+    })
+    .await;
+    let alice = app.signup("alice@acme.test", "Acme").await;
+    let servers = format!("/api/v1/orgs/{}/servers", alice.slug);
+    let (status, server) = app
+        .post(
+            &servers,
+            &alice.token,
+            &json!({"name": "local", "command": command, "env": {"EVERYTHING_TOKEN": "s3cr3t-value"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{server}");
+    assert_eq!(server["transport"], "stdio");
+    assert_eq!(server["command"], command);
+    assert!(!server.to_string().contains("s3cr3t-value"));
+    let tools = server["tools"].as_array().unwrap();
+    assert!(tools.iter().any(|t| t["name"] == "echo"), "{server}");
+    let sid = server["id"].as_str().unwrap();
+    let (status, again) = app
+        .post(
+            &format!("{servers}/{sid}/discover"),
+            &alice.token,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(
+        again["changes"],
+        json!({"added": [], "removed": [], "changed": []})
+    );
+
+    // A command that is not an MCP server says what it printed or why it stopped.
+    let (status, body) = app
+        .post(
+            &servers,
+            &alice.token,
+            &json!({"name": "broken", "command": ["sh", "-c", "echo 'cannot find config.yaml' >&2; exit 2"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_error(&body, "discovery_failed");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("cannot find config.yaml"), "{message}");
+    let (status, body) = app
+        .post(
+            &servers,
+            &alice.token,
+            &json!({"name": "bad", "command": [""], "env": {"not a name": "x"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let paths: Vec<&str> = body["error"]["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["/command", "/env/not a name"], "{body}");
+}

@@ -999,3 +999,49 @@ async fn policy_documents_keep_the_order_they_were_written_in() {
         assert_eq!(sim["reason"], "first");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_server_closes_its_gateway_url_at_once() {
+    let (app, fake, alice) = setup().await;
+    let a = &alice.slug;
+    let server = app.register(&alice.token, a, "tickets", &fake.mcp()).await;
+    let sid = server["id"].as_str().unwrap();
+    let gateway_url = server["gateway_url"].as_str().unwrap();
+    let (_, agent) = app
+        .post(
+            &format!("/api/v1/orgs/{a}/agents"),
+            &alice.token,
+            &json!({"name": "bot"}),
+        )
+        .await;
+    let key = agent["key"].as_str().unwrap();
+    app.put(
+        &format!("/api/v1/orgs/{a}/servers/{sid}/policy"),
+        &alice.token,
+        &json!({"version": "1", "default": "allow"}),
+    )
+    .await;
+    app.post(
+        &format!("/api/v1/orgs/{a}/servers/{sid}/policy/publish"),
+        &alice.token,
+        &json!({}),
+    )
+    .await;
+    assert_eq!(
+        gateway_status(&app.http, gateway_url, key).await,
+        StatusCode::OK
+    );
+    let (status, _) = app
+        .delete(&format!("/api/v1/orgs/{a}/servers/{sid}"), &alice.token)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    // Within a second (not the upstream cache's 10 s), the gateway no longer knows the server.
+    assert_eq!(
+        console::wait_until_refused(&app, gateway_url, key).await,
+        StatusCode::NOT_FOUND
+    );
+    let (status, _) = app
+        .get(&format!("/api/v1/orgs/{a}/servers/{sid}"), &alice.token)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

@@ -2,7 +2,9 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use portcullis_mcp::upstream::{StreamableHttpClient, UpstreamConfig, UpstreamError, discover};
+use portcullis_mcp::upstream::{
+    Discovery, StdioConfig, StreamableHttpClient, UpstreamConfig, UpstreamError, discover,
+};
 use portcullis_policy::classify::classify;
 use portcullis_store::servers::{Tool, definition_hash};
 use serde_json::{Value, json};
@@ -40,19 +42,6 @@ pub async fn discover_http(
         config = config.header(name, value);
     }
     let client = StreamableHttpClient::new(state.inner.http.clone(), config);
-    let discovery = discover(&client, "portcullis-console")
-        .await
-        .map_err(|e| discovery_error(url, &e))?;
-    let server_info = discovery.server_info().cloned();
-    Ok(Found {
-        protocol_version: discovery.initialized.protocol_version,
-        server_info,
-        ..catalog(discovery.tools)
-    })
-}
-
-/// The 422 for a failed discovery, in plain words.
-fn discovery_error(url: &url::Url, error: &UpstreamError) -> ApiError {
     let shown = {
         let mut u = url.clone();
         let _ = u.set_password(None);
@@ -60,17 +49,54 @@ fn discovery_error(url: &url::Url, error: &UpstreamError) -> ApiError {
         u.set_query(None);
         u.to_string()
     };
+    let discovery = discover(&client, "portcullis-console")
+        .await
+        .map_err(|e| discovery_error(&shown, "/url", &e))?;
+    Ok(found(discovery))
+}
+
+/// Discovers the tools of the stdio server started by `command` with `env`.
+pub async fn discover_stdio(
+    state: &ConsoleState,
+    command: &[String],
+    env: &BTreeMap<String, String>,
+) -> Result<Found, ApiError> {
+    let config = StdioConfig {
+        command: command.to_vec(),
+        env: env.iter().map(|(n, v)| (n.clone(), v.clone())).collect(),
+        timeout: state.config().discovery_timeout,
+        max_message_bytes: portcullis_mcp::upstream::DEFAULT_MAX_BODY_BYTES,
+    };
+    let discovery = portcullis_mcp::upstream::discover_stdio(&config, "portcullis-console")
+        .await
+        .map_err(|e| discovery_error(&format!("`{}`", command.join(" ")), "/command", &e))?;
+    Ok(found(discovery))
+}
+
+fn found(discovery: Discovery) -> Found {
+    let server_info = discovery.server_info().cloned();
+    Found {
+        protocol_version: discovery.initialized.protocol_version,
+        server_info,
+        ..catalog(discovery.tools)
+    }
+}
+
+/// The 422 for a failed discovery, in plain words.
+fn discovery_error(shown: &str, path: &str, error: &UpstreamError) -> ApiError {
     let what = match error {
         UpstreamError::Connect(cause) => {
             let lower = cause.to_ascii_lowercase();
-            if lower.contains("refused") {
+            if lower.contains("connection refused") {
                 "connection refused".to_owned()
             } else if lower.contains("private address") {
                 return ApiError::invalid(
                     "private_address",
-                    "/url",
+                    path,
                     format!("{cause}; this instance refuses private upstream addresses"),
                 );
+            } else if path == "/command" {
+                cause.clone()
             } else {
                 format!("could not connect: {cause}")
             }
@@ -88,7 +114,7 @@ fn discovery_error(url: &url::Url, error: &UpstreamError) -> ApiError {
     };
     ApiError::invalid(
         "discovery_failed",
-        "/url",
+        path,
         format!("cannot discover the tools of {shown}: {what}"),
     )
 }

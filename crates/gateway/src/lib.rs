@@ -142,6 +142,23 @@ impl Gateway {
             config,
             db: db.clone(),
         });
+        // A policy change may come from the server being deleted or changed: read the server's
+        // settings afresh on the next request rather than after the cache's TTL.
+        let mut changed_servers = list_changed.subscribe();
+        let weak = Arc::downgrade(&gateway);
+        tokio::spawn(async move {
+            loop {
+                let changed = changed_servers.recv().await;
+                let Some(gw) = weak.upgrade() else { break };
+                match changed {
+                    Ok(server) => gw.upstreams.forget(Some(server)),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        gw.upstreams.forget(None);
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
         policies.spawn_refresher(db.clone(), gateway.config.policy_reload, list_changed);
         agents.spawn_listener(db, agent_changed);
         let weak = Arc::downgrade(&gateway);

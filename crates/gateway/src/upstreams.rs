@@ -67,6 +67,17 @@ impl Upstreams {
         }
     }
 
+    /// Drops the cached settings of `server` (of every server with `None`).
+    pub fn forget(&self, server: Option<Uuid>) {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        match server {
+            Some(id) => {
+                cache.remove(&id);
+            }
+            None => cache.clear(),
+        }
+    }
+
     /// The organization's server, ready to call.
     pub async fn get(
         &self,

@@ -37,7 +37,8 @@ pub struct CreateServerRequest {
     pub name: String,
     /// The MCP endpoint of an HTTP server (`http` or `https`).
     pub url: Option<String>,
-    /// `auto` (default) or `streamable_http`; `sse` (the 2024-11-05 transport) comes later.
+    /// `auto` (default) or `streamable_http` for a URL (`sse`, the 2024-11-05 transport, comes
+    /// later); `stdio` (or nothing) for a command.
     pub transport: Option<String>,
     /// Credential headers sent to the upstream on every request: stored encrypted, never
     /// returned (only their names).
@@ -265,17 +266,34 @@ async fn create_server(
             "must be a name of 1 to 200 characters",
         ));
     }
-    let headers = body.headers.unwrap_or_default();
-    problems.extend(check_headers(&headers));
-    let url = match (&body.url, &body.command) {
-        (Some(url), None) => match check_url(url) {
-            Ok(url) => Some(url),
-            Err(problem) => {
-                problems.push(problem);
-                None
+    let transport = body.transport.as_deref().unwrap_or("auto");
+    let target = match (body.url, body.command) {
+        (Some(url), None) => {
+            let headers = body.headers.unwrap_or_default();
+            problems.extend(check_headers(&headers));
+            if body.env.is_some() {
+                problems.push(FieldProblem::new("/env", "is for stdio servers only"));
             }
-        },
-        (None, Some(_)) => {
+            match transport {
+                "auto" | "streamable_http" => {}
+                "sse" => problems.push(FieldProblem::new(
+                    "/transport",
+                    "the legacy HTTP+SSE transport (2024-11-05) is not supported yet; use auto or streamable_http",
+                )),
+                other => problems.push(FieldProblem::new(
+                    "/transport",
+                    format!("must be auto, streamable_http or sse, not {other:?}"),
+                )),
+            }
+            match check_url(&url) {
+                Ok(url) => Some(Target::Http { url, headers }),
+                Err(problem) => {
+                    problems.push(problem);
+                    None
+                }
+            }
+        }
+        (None, Some(command)) => {
             if !state.config().allow_stdio_servers {
                 return Err(ApiError::invalid(
                     "stdio_disabled",
@@ -284,12 +302,22 @@ async fn create_server(
                      instance started with --allow-stdio-servers accepts them",
                 ));
             }
-            return Err(ApiError::invalid(
-                "stdio_unsupported",
-                "/command",
-                "stdio servers are not supported by this version yet; run the server behind \
-                 an HTTP transport and register its URL",
-            ));
+            let env = body.env.unwrap_or_default();
+            problems.extend(check_command(&command));
+            problems.extend(check_env(&env));
+            if body.headers.is_some() {
+                problems.push(FieldProblem::new(
+                    "/headers",
+                    "is for HTTP servers only; use env",
+                ));
+            }
+            if !matches!(transport, "auto" | "stdio") {
+                problems.push(FieldProblem::new(
+                    "/transport",
+                    "a command is a stdio server: leave transport out or set it to stdio",
+                ));
+            }
+            Some(Target::Stdio { command, env })
         }
         (Some(_), Some(_)) => {
             problems.push(FieldProblem::new(
@@ -306,57 +334,65 @@ async fn create_server(
             None
         }
     };
-    if body.env.is_some() && body.command.is_none() {
-        problems.push(FieldProblem::new("/env", "is for stdio servers only"));
-    }
-    match body.transport.as_deref().unwrap_or("auto") {
-        "auto" | "streamable_http" => {}
-        "sse" => problems.push(FieldProblem::new(
-            "/transport",
-            "the legacy HTTP+SSE transport (2024-11-05) is not supported yet; use auto or streamable_http",
-        )),
-        other => problems.push(FieldProblem::new(
-            "/transport",
-            format!("must be auto, streamable_http or sse, not {other:?}"),
-        )),
-    }
-    let Some(url) = url.filter(|_| problems.is_empty()) else {
+    let Some(target) = target.filter(|_| problems.is_empty()) else {
         return Err(ApiError::invalid_all(
             "invalid_server",
             "the server",
             problems,
         ));
     };
-    let found = discovery::discover_http(&state, &url, &headers).await?;
+    let found = target.discover(&state).await?;
     let id = new_id();
-    let headers_enc = if headers.is_empty() {
-        None
-    } else {
-        let plain = serde_json::to_vec(&headers).map_err(|_| ApiError::internal())?;
-        Some(
-            state
-                .inner
-                .credentials
-                .seal(&plain, id.as_bytes())
-                .map_err(|_| ApiError::internal())?,
-        )
+    let seal = |secrets: &BTreeMap<String, String>| -> ApiResult<Option<Vec<u8>>> {
+        if secrets.is_empty() {
+            return Ok(None);
+        }
+        let plain = serde_json::to_vec(secrets).map_err(|_| ApiError::internal())?;
+        state
+            .inner
+            .credentials
+            .seal(&plain, id.as_bytes())
+            .map(Some)
+            .map_err(|_| ApiError::internal())
     };
-    let header_names: Vec<String> = headers.keys().cloned().collect();
+    let (url, command, header_names, secrets, transport) = match &target {
+        Target::Http { url, headers } => (
+            Some(url.as_str()),
+            None,
+            headers.keys().cloned().collect::<Vec<_>>(),
+            ServerSecrets {
+                headers_enc: seal(headers)?,
+                env_enc: None,
+            },
+            "streamable_http",
+        ),
+        Target::Stdio { command, env } => (
+            None,
+            Some(serde_json::json!(command)),
+            Vec::new(),
+            ServerSecrets {
+                headers_enc: None,
+                env_enc: seal(env)?,
+            },
+            "stdio",
+        ),
+    };
     let server = servers::insert(
         state.db(),
         access.org_id(),
         &NewServer {
             id,
             name: &name,
-            url: Some(url.as_str()),
-            command: None,
+            url,
+            command: command.as_ref(),
             header_names: &header_names,
-            secrets: ServerSecrets {
-                headers_enc,
-                env_enc: None,
+            secrets,
+            transport_requested: if transport == "stdio" {
+                "stdio"
+            } else {
+                body.transport.as_deref().unwrap_or("auto")
             },
-            transport_requested: body.transport.as_deref().unwrap_or("auto"),
-            transport: "streamable_http",
+            transport,
             protocol_version: Some(&found.protocol_version),
             server_info: found.server_info.as_ref(),
         },
@@ -377,12 +413,127 @@ async fn create_server(
         let _ = servers::delete(state.db(), access.org_id(), server.id).await;
         return Err(e);
     }
-    tracing::info!(org = %access.org.slug, server = %server.id, tools = found.tools.len(), skipped = found.skipped.len(), by = %access.user_id, "server registered");
+    tracing::info!(org = %access.org.slug, server = %server.id, transport, tools = found.tools.len(), skipped = found.skipped.len(), by = %access.user_id, "server registered");
     let server = servers::get(state.db(), access.org_id(), server.id).await?;
     Ok((
         StatusCode::CREATED,
         Json(server_view(&state, server, true).await?),
     ))
+}
+
+/// Where an upstream is, with its secrets in clear (for discovery only).
+enum Target {
+    Http {
+        url: url::Url,
+        headers: BTreeMap<String, String>,
+    },
+    Stdio {
+        command: Vec<String>,
+        env: BTreeMap<String, String>,
+    },
+}
+
+impl Target {
+    async fn discover(&self, state: &ConsoleState) -> ApiResult<Found> {
+        match self {
+            Target::Http { url, headers } => discovery::discover_http(state, url, headers).await,
+            Target::Stdio { command, env } => discovery::discover_stdio(state, command, env).await,
+        }
+    }
+
+    /// The target of a registered server, its secrets opened.
+    async fn of(state: &ConsoleState, server: &Server) -> ApiResult<Target> {
+        let secrets = servers::secrets(state.db(), server.org_id, server.id).await?;
+        let open = |sealed: Option<Vec<u8>>, path: &str| -> ApiResult<BTreeMap<String, String>> {
+            match sealed {
+                None => Ok(BTreeMap::new()),
+                Some(sealed) => state
+                    .inner
+                    .credentials
+                    .open(&sealed, server.id.as_bytes())
+                    .and_then(|plain| serde_json::from_slice(&plain).ok())
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            "credentials_unreadable",
+                            path,
+                            "the stored credentials cannot be decrypted (was the secret key changed?); register the server again",
+                        )
+                    }),
+            }
+        };
+        match (&server.url, &server.command) {
+            (Some(url), _) => Ok(Target::Http {
+                url: url::Url::parse(url).map_err(|_| ApiError::internal())?,
+                headers: open(secrets.headers_enc, "/headers")?,
+            }),
+            (None, Some(command)) => {
+                if !state.config().allow_stdio_servers {
+                    return Err(ApiError::invalid(
+                        "stdio_disabled",
+                        "/command",
+                        "this instance was started without --allow-stdio-servers",
+                    ));
+                }
+                Ok(Target::Stdio {
+                    command: serde_json::from_value(command.clone())
+                        .map_err(|_| ApiError::internal())?,
+                    env: open(secrets.env_enc, "/env")?,
+                })
+            }
+            (None, None) => Err(ApiError::internal()),
+        }
+    }
+}
+
+/// Checks a stdio command: a program and at most 64 arguments of at most 4 KiB, no NUL.
+fn check_command(command: &[String]) -> Vec<FieldProblem> {
+    let mut problems = Vec::new();
+    if command.first().is_none_or(|p| p.trim().is_empty()) {
+        problems.push(FieldProblem::new(
+            "/command",
+            "must start with the program to run",
+        ));
+    }
+    if command.len() > 65 {
+        problems.push(FieldProblem::new("/command", "at most 64 arguments"));
+    }
+    for (i, arg) in command.iter().enumerate() {
+        if arg.len() > 4096 || arg.contains('\0') {
+            problems.push(FieldProblem::new(
+                format!("/command/{i}"),
+                "must be at most 4096 bytes, without NUL",
+            ));
+        }
+    }
+    problems
+}
+
+/// Checks a stdio environment: names like `API_KEY`, at most 64, values without NUL.
+fn check_env(env: &BTreeMap<String, String>) -> Vec<FieldProblem> {
+    let mut problems = Vec::new();
+    if env.len() > 64 {
+        problems.push(FieldProblem::new("/env", "at most 64 variables"));
+    }
+    for (name, value) in env {
+        let valid_name = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let path = format!("/env/{name}");
+        if !valid_name {
+            problems.push(FieldProblem::new(
+                path,
+                "must be a variable name like API_KEY",
+            ));
+        } else if value.contains('\0') || value.len() > MAX_HEADER_BYTES {
+            problems.push(FieldProblem::new(
+                path,
+                format!("must be at most {MAX_HEADER_BYTES} bytes, without NUL"),
+            ));
+        }
+    }
+    problems
 }
 
 /// Stores a discovered catalog and, for a server without a policy, the recommended draft.
@@ -477,32 +628,9 @@ async fn rediscover(
     let server = servers::get(state.db(), access.org_id(), id)
         .await
         .map_err(not_found_server)?;
-    let Some(raw_url) = &server.url else {
-        return Err(ApiError::invalid(
-            "stdio_unsupported",
-            "/command",
-            "stdio servers are not supported by this version yet",
-        ));
-    };
-    let url = url::Url::parse(raw_url).map_err(|_| ApiError::internal())?;
-    let secrets = servers::secrets(state.db(), access.org_id(), id).await?;
-    let headers: BTreeMap<String, String> = match secrets.headers_enc {
-        None => BTreeMap::new(),
-        Some(sealed) => state
-            .inner
-            .credentials
-            .open(&sealed, id.as_bytes())
-            .and_then(|plain| serde_json::from_slice(&plain).ok())
-            .ok_or_else(|| {
-                ApiError::invalid(
-                    "credentials_unreadable",
-                    "/headers",
-                    "the stored credential headers cannot be decrypted (was the secret key changed?); register the server again",
-                )
-            })?,
-    };
+    let target = Target::of(&state, &server).await?;
     let before = servers::tools(state.db(), access.org_id(), id).await?;
-    let found = match discovery::discover_http(&state, &url, &headers).await {
+    let found = match target.discover(&state).await {
         Ok(found) => found,
         Err(e) => {
             let status =

@@ -7,6 +7,7 @@
 pub mod addresses;
 mod discover;
 mod http;
+mod stdio;
 mod stream;
 
 use std::time::Duration;
@@ -18,6 +19,7 @@ use crate::sse::DEFAULT_MAX_EVENT_BYTES;
 
 pub use discover::{Discovery, MAX_TOOL_PAGES, discover, list_all_tools};
 pub use http::{PostResponse, StreamableHttpClient};
+pub use stdio::{INHERITED_ENV, StdioClient, StdioConfig, discover_stdio};
 pub use stream::{EventStream, collect_until_response};
 
 /// The default per-call timeout.
