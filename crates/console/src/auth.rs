@@ -135,27 +135,84 @@ impl FromRequestParts<ConsoleState> for Caller {
         parts: &mut Parts,
         state: &ConsoleState,
     ) -> Result<Self, Self::Rejection> {
-        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
-            return Err(ApiError::unauthorized(
-                "sign in: send Authorization: Bearer <token> from /api/v1/login",
-            ));
-        };
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .ok_or_else(|| {
-                ApiError::unauthorized("the Authorization header must be Bearer <token>")
+        if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
+            let token = value
+                .to_str()
+                .ok()
+                .and_then(|v| {
+                    v.strip_prefix("Bearer ")
+                        .or_else(|| v.strip_prefix("bearer "))
+                })
+                .map(str::trim)
+                .ok_or_else(|| {
+                    ApiError::unauthorized("the Authorization header must be Bearer <token>")
+                })?;
+            let user_id = state.inner.tokens.verify(token).ok_or_else(|| {
+                ApiError::unauthorized("the token is invalid or has expired; sign in again")
             })?;
-        let user_id = state.inner.tokens.verify(token).ok_or_else(|| {
-            ApiError::unauthorized("the token is invalid or has expired; sign in again")
-        })?;
-        Ok(Caller { user_id })
+            return Ok(Caller { user_id });
+        }
+        // The browser's session cookie: a request that changes anything must also carry the
+        // session's CSRF token in X-CSRF-Token (a cross-site page cannot read it).
+        if let Some(token) = session_token(&parts.headers) {
+            let user_id =
+                state.inner.tokens.verify(&token).ok_or_else(|| {
+                    ApiError::unauthorized("the session has expired; sign in again")
+                })?;
+            if !parts.method.is_safe() {
+                let sent = parts
+                    .headers
+                    .get(CSRF_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                if !state.csrf_matches(&token, sent) {
+                    return Err(ApiError::forbidden(
+                        "a request with the session cookie must carry its X-CSRF-Token",
+                    ));
+                }
+            }
+            return Ok(Caller { user_id });
+        }
+        Err(ApiError::unauthorized(
+            "sign in: send Authorization: Bearer <token> from /api/v1/login",
+        ))
     }
+}
+
+/// The session cookie's name.
+pub const SESSION_COOKIE: &str = "pcl_session";
+/// The header carrying the CSRF token on API calls made with the session cookie.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// The value of the session cookie, if the request has one.
+pub fn session_token(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// `Set-Cookie` for a session: HttpOnly (scripts cannot read it), SameSite=Lax (not sent on
+/// cross-site posts), Secure when the console is served over https, one hour.
+pub fn session_cookie(token: &str, secure: bool) -> String {
+    format!(
+        "{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{}",
+        TOKEN_LIFETIME.as_secs(),
+        if secure { "; Secure" } else { "" }
+    )
+}
+
+/// `Set-Cookie` that ends the session.
+pub fn clear_session_cookie(secure: bool) -> String {
+    format!(
+        "{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{}",
+        if secure { "; Secure" } else { "" }
+    )
 }
 
 /// The caller, the organization named by the `{org}` path parameter, and the caller's role in

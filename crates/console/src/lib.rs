@@ -1,5 +1,5 @@
-//! The Portcullis control plane (console): the JSON API under `/api/v1` (API.md) and, later,
-//! the pages.
+//! The Portcullis control plane (console): the JSON API under `/api/v1` (API.md) and the pages
+//! people use in the browser (`pages`), which call the same handlers.
 //!
 //! Exposes [`router`] so the binary can serve it alone (`portcullis console`) or merged with
 //! the gateway (`portcullis serve`), and tests can bind it to port 0. Serve it with
@@ -13,6 +13,7 @@
 pub mod auth;
 mod discovery;
 pub mod error;
+mod pages;
 mod routes;
 
 use std::sync::Arc;
@@ -74,6 +75,8 @@ struct Inner {
     /// The HTTP client for discovery, refusing private addresses unless allowed.
     http: reqwest::Client,
     throttle: auth::LoginThrottle,
+    /// Derives each session's CSRF token.
+    csrf_key: [u8; 32],
     /// A real Argon2id hash checked when the email is unknown, so that answer takes as long
     /// as a wrong password.
     dummy_hash: tokio::sync::OnceCell<String>,
@@ -95,6 +98,7 @@ impl ConsoleState {
             inner: Arc::new(Inner {
                 db,
                 tokens: auth::Tokens::new(key),
+                csrf_key: key.derive("console-csrf"),
                 credentials: Sealer::new(key, portcullis_store::servers::CREDENTIALS_PURPOSE),
                 http,
                 throttle: auth::LoginThrottle::new(config.login_limits),
@@ -110,6 +114,27 @@ impl ConsoleState {
 
     pub(crate) fn config(&self) -> &ConsoleConfig {
         &self.inner.config
+    }
+
+    /// The CSRF token of a session: an HMAC of the session token, so it needs no storage and
+    /// dies with the session.
+    pub(crate) fn csrf_token(&self, session: &str) -> String {
+        portcullis_store::crypto::hmac_sha256(&self.inner.csrf_key, session.as_bytes())[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    pub(crate) fn csrf_matches(&self, session: &str, sent: &str) -> bool {
+        portcullis_store::crypto::constant_time_eq(
+            self.csrf_token(session).as_bytes(),
+            sent.as_bytes(),
+        )
+    }
+
+    /// Cookies get `Secure` when people reach the console over https.
+    pub(crate) fn secure_cookies(&self) -> bool {
+        self.inner.config.public_gateway_url.starts_with("https://")
     }
 
     /// `{public gateway URL}/mcp/{server id}`.
@@ -173,6 +198,7 @@ pub fn router(state: ConsoleState) -> Router {
     .route("/api/v1", axum::routing::any(no_route))
     .route("/api/v1/{*rest}", axum::routing::any(no_route))
     .method_not_allowed_fallback(method_not_allowed)
+    .merge(pages::router())
     .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
     .with_state(state)
 }

@@ -127,3 +127,44 @@ pub async fn recent(pool: &PgPool, org_id: Uuid, limit: i64) -> Result<Vec<Event
     .fetch_all(pool)
     .await?)
 }
+
+/// Per-server counts for the dashboard.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ServerCounts {
+    pub server_id: Option<Uuid>,
+    /// `tools/call` decisions since `since`.
+    pub calls: i64,
+    /// Of those, refused by the policy (denied, hidden, rate-limited, approval denied).
+    pub denials: i64,
+}
+
+/// Calls and denials per server of the organization since `since`.
+pub async fn counts_since(
+    pool: &PgPool,
+    org_id: Uuid,
+    since: DateTime<Utc>,
+) -> Result<Vec<ServerCounts>> {
+    Ok(sqlx::query_as!(
+        ServerCounts,
+        r#"SELECT server_id,
+                  count(*) AS "calls!",
+                  count(*) FILTER (WHERE decision IN ('deny', 'hidden', 'rate_limited', 'approval_denied')) AS "denials!"
+           FROM activity_events
+           WHERE org_id = $1 AND at >= $2 AND method = 'tools/call'
+           GROUP BY server_id"#,
+        org_id,
+        since
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Approvals of the organization waiting for a person.
+pub async fn pending_approvals(pool: &PgPool, org_id: Uuid) -> Result<i64> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM approvals WHERE org_id = $1 AND status = 'pending'"#,
+        org_id
+    )
+    .fetch_one(pool)
+    .await?)
+}

@@ -109,6 +109,14 @@ impl SecretKey {
     }
 }
 
+/// HMAC-SHA-256 of `message` under `key`.
+pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    let mut mac =
+        <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(message);
+    mac.finalize().into_bytes().into()
+}
+
 /// Authenticated encryption for one purpose. A sealed value is `nonce || ciphertext || tag`;
 /// the associated data (a row id, an organization id) binds it to its context, so a value cannot
 /// be moved to another row and opened there.

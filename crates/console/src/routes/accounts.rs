@@ -98,7 +98,7 @@ fn slugify(name: &str) -> String {
         (status = 409, description = "email taken", body = ErrorBody),
         (status = 422, description = "weak password or bad email", body = ErrorBody),
     ))]
-async fn signup(
+pub(crate) async fn signup(
     State(state): State<ConsoleState>,
     Json(body): Json<SignupRequest>,
 ) -> ApiResult<(StatusCode, Json<SignupResponse>)> {
@@ -216,7 +216,7 @@ pub struct LoginResponse {
         (status = 401, body = ErrorBody),
         (status = 429, body = ErrorBody),
     ))]
-async fn login(
+pub(crate) async fn login(
     State(state): State<ConsoleState>,
     ClientAddr(addr): ClientAddr,
     Json(body): Json<LoginRequest>,
@@ -259,7 +259,7 @@ async fn login(
     }
 }
 
-async fn dummy_hash(state: &ConsoleState) -> ApiResult<String> {
+pub(crate) async fn dummy_hash(state: &ConsoleState) -> ApiResult<String> {
     state
         .inner
         .dummy_hash
@@ -286,7 +286,10 @@ pub struct MeResponse {
 /// The signed-in user and their organizations.
 #[utoipa::path(get, path = "/api/v1/me", tag = "accounts",
     responses((status = 200, body = MeResponse), (status = 401, body = ErrorBody)))]
-async fn me(State(state): State<ConsoleState>, caller: Caller) -> ApiResult<Json<MeResponse>> {
+pub(crate) async fn me(
+    State(state): State<ConsoleState>,
+    caller: Caller,
+) -> ApiResult<Json<MeResponse>> {
     let user = orgs::user_by_id(state.db(), caller.user_id)
         .await
         .map_err(|e| match e {
@@ -332,14 +335,14 @@ pub struct MembersResponse {
 #[utoipa::path(get, path = "/api/v1/orgs/{org}/members", tag = "organizations",
     params(("org" = String, Path, description = "the organization's slug")),
     responses((status = 200, body = MembersResponse), (status = 404, body = ErrorBody)))]
-async fn list_members(
+pub(crate) async fn list_members(
     State(state): State<ConsoleState>,
     access: OrgAccess,
 ) -> ApiResult<Json<MembersResponse>> {
     Ok(Json(members_of(&state, access.org_id()).await?))
 }
 
-async fn members_of(state: &ConsoleState, org_id: Uuid) -> ApiResult<MembersResponse> {
+pub(crate) async fn members_of(state: &ConsoleState, org_id: Uuid) -> ApiResult<MembersResponse> {
     let members = orgs::members(state.db(), org_id)
         .await?
         .into_iter()
@@ -375,7 +378,7 @@ pub struct AddMemberRequest {
         (status = 409, description = "the last admin cannot be demoted", body = ErrorBody),
         (status = 422, description = "no user has this email", body = ErrorBody),
     ))]
-async fn add_member(
+pub(crate) async fn add_member(
     State(state): State<ConsoleState>,
     access: OrgAccess,
     Json(body): Json<AddMemberRequest>,

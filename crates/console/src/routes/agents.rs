@@ -93,7 +93,7 @@ fn new_key() -> ApiResult<AgentKey> {
         (status = 403, body = ErrorBody),
         (status = 422, description = "a bad name or an unknown server", body = ErrorBody),
     ))]
-async fn create_agent(
+pub(crate) async fn create_agent(
     State(state): State<ConsoleState>,
     access: OrgAccess,
     Json(body): Json<CreateAgentRequest>,
@@ -142,7 +142,7 @@ async fn create_agent(
 #[utoipa::path(get, path = "/api/v1/orgs/{org}/agents", tag = "agents",
     params(("org" = String, Path, description = "the organization's slug")),
     responses((status = 200, body = AgentsResponse), (status = 404, body = ErrorBody)))]
-async fn list_agents(
+pub(crate) async fn list_agents(
     State(state): State<ConsoleState>,
     access: OrgAccess,
 ) -> ApiResult<Json<AgentsResponse>> {
@@ -160,7 +160,7 @@ async fn list_agents(
            ("id" = Uuid, Path, description = "the agent's id")),
     responses((status = 200, body = KeyResponse), (status = 403, body = ErrorBody),
               (status = 404, body = ErrorBody)))]
-async fn rotate_agent(
+pub(crate) async fn rotate_agent(
     State(state): State<ConsoleState>,
     access: OrgAccess,
     Path(ids): Path<(String, Uuid)>,
@@ -183,7 +183,7 @@ async fn rotate_agent(
     params(("org" = String, Path, description = "the organization's slug"),
            ("id" = Uuid, Path, description = "the agent's id")),
     responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-async fn revoke_agent(
+pub(crate) async fn revoke_agent(
     State(state): State<ConsoleState>,
     access: OrgAccess,
     Path(ids): Path<(String, Uuid)>,

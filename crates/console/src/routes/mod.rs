@@ -1,10 +1,10 @@
 //! The API's routes, one module per resource of API.md.
 
-mod accounts;
-mod agents;
-mod policies;
+pub(crate) mod accounts;
+pub(crate) mod agents;
+pub(crate) mod policies;
 pub(crate) mod servers;
-mod settings;
+pub(crate) mod settings;
 
 use utoipa_axum::router::OpenApiRouter;
 

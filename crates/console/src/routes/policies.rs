@@ -68,7 +68,7 @@ pub struct VersionsResponse {
 }
 
 /// The server's policy, created from the recommended rules of its tools when it has none.
-async fn server_policy(
+pub(crate) async fn server_policy(
     state: &ConsoleState,
     access: &OrgAccess,
     server_id: Uuid,
@@ -102,7 +102,7 @@ async fn server_policy(
     params(("org" = String, Path, description = "the organization's slug"),
            ("id" = Uuid, Path, description = "the server's id")),
     responses((status = 200, body = PolicyResponse), (status = 404, body = ErrorBody)))]
-async fn get_policy(
+pub(crate) async fn get_policy(
     State(state): State<ConsoleState>,
     access: OrgAccess,
     Path(ids): Path<(String, Uuid)>,
@@ -142,7 +142,7 @@ fn invalid_policy(errors: portcullis_policy::ValidationErrors) -> ApiError {
     responses((status = 200, body = DraftResponse), (status = 403, body = ErrorBody),
               (status = 404, body = ErrorBody),
               (status = 422, description = "invalid_policy, with every problem", body = ErrorBody)))]
-async fn put_policy(
+pub(crate) async fn put_policy(
     State(state): State<ConsoleState>,
     access: OrgAccess,
     Path(ids): Path<(String, Uuid)>,
@@ -171,7 +171,7 @@ async fn put_policy(
            ("id" = Uuid, Path, description = "the server's id")),
     responses((status = 200, body = PublishResponse), (status = 403, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
-async fn publish(
+pub(crate) async fn publish(
     State(state): State<ConsoleState>,
     access: OrgAccess,
     Path(ids): Path<(String, Uuid)>,
@@ -196,7 +196,7 @@ async fn publish(
     params(("org" = String, Path, description = "the organization's slug"),
            ("id" = Uuid, Path, description = "the server's id")),
     responses((status = 200, body = VersionsResponse), (status = 404, body = ErrorBody)))]
-async fn list_versions(
+pub(crate) async fn list_versions(
     State(state): State<ConsoleState>,
     access: OrgAccess,
     Path(ids): Path<(String, Uuid)>,
@@ -221,7 +221,7 @@ async fn list_versions(
            ("id" = Uuid, Path, description = "the server's id"),
            ("n" = i32, Path, description = "the version number")),
     responses((status = 200, body = PublishedView), (status = 404, body = ErrorBody)))]
-async fn get_version(
+pub(crate) async fn get_version(
     State(state): State<ConsoleState>,
     access: OrgAccess,
     Path(ids): Path<(String, Uuid, i32)>,
@@ -289,7 +289,7 @@ pub struct SimulateResponse {
     responses((status = 200, body = SimulateResponse), (status = 404, body = ErrorBody),
               (status = 409, description = "nothing published yet (simulate the draft)", body = ErrorBody),
               (status = 422, body = ErrorBody)))]
-async fn simulate(
+pub(crate) async fn simulate(
     State(state): State<ConsoleState>,
     access: OrgAccess,
     Path(ids): Path<(String, Uuid)>,

@@ -252,7 +252,7 @@ fn check_url(raw: &str) -> Result<url::Url, FieldProblem> {
         (status = 409, description = "the name is taken", body = ErrorBody),
         (status = 422, description = "invalid, or the upstream cannot be reached or is not MCP", body = ErrorBody),
     ))]
-async fn create_server(
+pub(crate) async fn create_server(
     State(state): State<ConsoleState>,
     access: OrgAccess,
     Json(body): Json<CreateServerRequest>,
@@ -537,7 +537,7 @@ fn check_env(env: &BTreeMap<String, String>) -> Vec<FieldProblem> {
 }
 
 /// Stores a discovered catalog and, for a server without a policy, the recommended draft.
-async fn store_catalog(
+pub(crate) async fn store_catalog(
     state: &ConsoleState,
     access: &OrgAccess,
     server_id: Uuid,
@@ -576,7 +576,7 @@ async fn store_catalog(
 #[utoipa::path(get, path = "/api/v1/orgs/{org}/servers", tag = "servers",
     params(("org" = String, Path, description = "the organization's slug")),
     responses((status = 200, body = ServersResponse), (status = 404, body = ErrorBody)))]
-async fn list_servers(
+pub(crate) async fn list_servers(
     State(state): State<ConsoleState>,
     access: OrgAccess,
 ) -> ApiResult<Json<ServersResponse>> {
@@ -599,7 +599,7 @@ pub(crate) fn not_found_server(e: portcullis_store::Error) -> ApiError {
     params(("org" = String, Path, description = "the organization's slug"),
            ("id" = Uuid, Path, description = "the server's id")),
     responses((status = 200, body = ServerView), (status = 404, body = ErrorBody)))]
-async fn get_server(
+pub(crate) async fn get_server(
     State(state): State<ConsoleState>,
     access: OrgAccess,
     Path(ids): Path<(String, Uuid)>,
@@ -618,7 +618,7 @@ async fn get_server(
     responses((status = 200, body = DiscoverResponse), (status = 403, body = ErrorBody),
               (status = 404, body = ErrorBody),
               (status = 422, description = "the upstream cannot be reached or is not MCP", body = ErrorBody)))]
-async fn rediscover(
+pub(crate) async fn rediscover(
     State(state): State<ConsoleState>,
     access: OrgAccess,
     Path(ids): Path<(String, Uuid)>,
@@ -659,7 +659,7 @@ async fn rediscover(
     params(("org" = String, Path, description = "the organization's slug"),
            ("id" = Uuid, Path, description = "the server's id")),
     responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-async fn delete_server(
+pub(crate) async fn delete_server(
     State(state): State<ConsoleState>,
     access: OrgAccess,
     Path(ids): Path<(String, Uuid)>,

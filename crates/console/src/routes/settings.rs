@@ -57,7 +57,7 @@ mod double_option {
 #[utoipa::path(get, path = "/api/v1/orgs/{org}/settings", tag = "organizations",
     params(("org" = String, Path, description = "the organization's slug")),
     responses((status = 200, body = SettingsView), (status = 404, body = ErrorBody)))]
-async fn get_settings(
+pub(crate) async fn get_settings(
     State(state): State<ConsoleState>,
     access: OrgAccess,
 ) -> ApiResult<Json<SettingsView>> {
@@ -72,7 +72,7 @@ async fn get_settings(
     request_body = SettingsUpdate,
     responses((status = 200, body = SettingsView), (status = 403, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
-async fn put_settings(
+pub(crate) async fn put_settings(
     State(state): State<ConsoleState>,
     access: OrgAccess,
     Json(update): Json<SettingsUpdate>,
