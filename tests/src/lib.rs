@@ -1,5 +1,6 @@
 //! Helpers shared by the end-to-end tests in `tests/`.
 //!
+//! - [`browser`]: headless Chromium through chromedriver, with screenshots.
 //! - [`upstream`]: a real MCP server (rmcp, Streamable HTTP) to put behind the gateway.
 //! - [`client`]: a real MCP client (rmcp, Streamable HTTP) to put in front of it.
 //! - [`everything`]: `@modelcontextprotocol/server-everything` (Node), the reference MCP server.
@@ -8,6 +9,7 @@
 
 use std::path::PathBuf;
 
+pub mod browser;
 pub mod client;
 pub mod console;
 pub mod everything;

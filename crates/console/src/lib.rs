@@ -38,6 +38,9 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 pub struct ConsoleConfig {
     /// The public URL of the gateway, for the `gateway_url` of each server (no trailing `/`).
     pub public_gateway_url: String,
+    /// The URL people reach the console at, when it differs from the gateway's (`None`: the
+    /// gateway's). Session cookies are `Secure` when it is https.
+    pub public_url: Option<String>,
     /// Register upstreams on loopback, private, link-local and metadata addresses.
     pub allow_private_upstreams: bool,
     /// Register stdio servers (a local command): self-hosted only.
@@ -51,6 +54,7 @@ impl Default for ConsoleConfig {
     fn default() -> Self {
         ConsoleConfig {
             public_gateway_url: "http://127.0.0.1:8080".into(),
+            public_url: None,
             allow_private_upstreams: false,
             allow_stdio_servers: false,
             discovery_timeout: Duration::from_secs(10),
@@ -134,7 +138,12 @@ impl ConsoleState {
 
     /// Cookies get `Secure` when people reach the console over https.
     pub(crate) fn secure_cookies(&self) -> bool {
-        self.inner.config.public_gateway_url.starts_with("https://")
+        let config = &self.inner.config;
+        config
+            .public_url
+            .as_deref()
+            .unwrap_or(&config.public_gateway_url)
+            .starts_with("https://")
     }
 
     /// `{public gateway URL}/mcp/{server id}`.

@@ -159,6 +159,7 @@ async fn serve(planes: Planes, opts: &ServerOpts, pool: &PgPool) -> anyhow::Resu
             &key,
             portcullis_console::ConsoleConfig {
                 public_gateway_url: public_url.clone(),
+                public_url: Some(public_url.clone()),
                 allow_private_upstreams: opts.allow_private_upstreams,
                 allow_stdio_servers: opts.allow_stdio_servers,
                 ..portcullis_console::ConsoleConfig::default()

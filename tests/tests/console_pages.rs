@@ -1,0 +1,448 @@
+//! The console's pages over HTTP: each renders for each role and offers only what the role may
+//! do; sessions, CSRF and security headers; forms keep what was typed and say what is wrong.
+
+use portcullis_tests::console::{self, Account, TestApp};
+use portcullis_tests::upstream::TestUpstream;
+use reqwest::StatusCode;
+use reqwest::header::{CONTENT_SECURITY_POLICY, LOCATION, SET_COOKIE, X_FRAME_OPTIONS};
+use serde_json::json;
+
+/// A browser-like client: keeps cookies, does not follow redirects (the tests look at them).
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Logs `account` in through the log-in form; answers the client holding the session.
+async fn logged_in(app: &TestApp, account: &Account) -> reqwest::Client {
+    let client = browser();
+    let response = client
+        .post(format!("{}/login", app.base_url))
+        .form(&[
+            ("email", account.email.as_str()),
+            ("password", &account.password),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    client
+}
+
+async fn page(client: &reqwest::Client, url: &str) -> (StatusCode, String) {
+    let response = client.get(url).send().await.unwrap();
+    (response.status(), response.text().await.unwrap())
+}
+
+/// The CSRF token in a page's forms.
+fn csrf(html: &str) -> String {
+    let start = html.find("name=\"_csrf\" value=\"").expect("a CSRF field") + 20;
+    html[start..start + 32].to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_renders_for_every_role_and_offers_only_what_it_may_do() {
+    let app = TestApp::start().await;
+    let upstream = TestUpstream::start().await;
+    let admin = app.signup("ada@acme.test", "Acme").await;
+    let server = app
+        .register(&admin.token, &admin.slug, "images", &upstream.url)
+        .await;
+    let sid = server["id"].as_str().unwrap();
+    let manager = app.signup("pm@acme.test", "PM's own").await;
+    let viewer = app.signup("vi@acme.test", "Viewer's own").await;
+    for (who, role) in [(&manager, "policy_manager"), (&viewer, "viewer")] {
+        let (status, _) = app
+            .post(
+                "/api/v1/orgs/acme/members",
+                &admin.token,
+                &json!({"email": who.email, "role": role}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let base = format!("{}/app/acme", app.base_url);
+    let pages = [
+        base.clone(),
+        format!("{base}/servers/{sid}"),
+        format!("{base}/servers/{sid}/policy"),
+        format!("{base}/servers/{sid}/simulate"),
+        format!("{base}/servers/{sid}/connect"),
+        format!("{base}/agents"),
+        format!("{base}/members"),
+        format!("{base}/settings"),
+    ];
+    // What each role is offered: (marker in the HTML, admin, policy_manager, viewer).
+    let offers = [
+        ("Save draft", true, true, false),
+        ("Discover again", true, true, false),
+        ("Create agent and key", true, false, false),
+        ("Create a key", true, false, false),
+        ("Add a member or change a role", true, false, false),
+        ("Save settings", true, false, false),
+        (">Add a server<", true, true, false),
+    ];
+    for (account, index) in [(&admin, 1), (&manager, 2), (&viewer, 3)] {
+        let client = logged_in(&app, account).await;
+        let mut all = String::new();
+        for url in &pages {
+            let (status, html) = page(&client, url).await;
+            assert_eq!(status, StatusCode::OK, "{} {url}", account.email);
+            assert!(html.contains("<nav aria-label=\"Main\">"), "{url}");
+            all.push_str(&html);
+        }
+        for (marker, a, m, v) in offers {
+            let expected = [a, m, v][index - 1];
+            assert_eq!(
+                all.contains(marker),
+                expected,
+                "{} offered {marker:?}: expected {expected}",
+                account.email
+            );
+        }
+        // The tool catalog with risk badges.
+        let (_, tools) = page(&client, &pages[1]).await;
+        assert!(tools.contains("badge risk-critical") && tools.contains("delete_image_set"));
+    }
+    // A viewer's form post is refused even with a valid token.
+    let client = logged_in(&app, &viewer).await;
+    let (_, html) = page(&client, &pages[2]).await;
+    let response = client
+        .post(&pages[2])
+        .form(&[
+            ("_csrf", csrf(&html).as_str()),
+            ("document", "{\"version\":\"1\",\"default\":\"allow\"}"),
+            ("action", "save"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_csrf_and_security_headers() {
+    let app = TestApp::start().await;
+    let ada = app.signup("ada@acme.test", "Acme").await;
+
+    // Signed out: to the log-in page, and back after it.
+    let client = browser();
+    let response = client
+        .get(format!("{}/app/acme/agents", app.base_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        response.headers()[LOCATION],
+        "/login?next=%2Fapp%2Facme%2Fagents"
+    );
+    let response = client
+        .post(format!("{}/login", app.base_url))
+        .form(&[
+            ("email", "ada@acme.test"),
+            ("password", ada.password.as_str()),
+            ("next", "/app/acme/agents"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()[LOCATION], "/app/acme/agents");
+    let cookie = response.headers()[SET_COOKIE].to_str().unwrap().to_owned();
+    for flag in [
+        "pcl_session=",
+        "HttpOnly",
+        "SameSite=Lax",
+        "Path=/",
+        "Max-Age=3600",
+    ] {
+        assert!(cookie.contains(flag), "{cookie}");
+    }
+    assert!(!cookie.contains("Secure"), "plain http here: {cookie}");
+    // Another site as `next` is ignored.
+    let other = browser();
+    let response = other
+        .post(format!("{}/login", app.base_url))
+        .form(&[
+            ("email", "ada@acme.test"),
+            ("password", ada.password.as_str()),
+            ("next", "//evil.example/"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()[LOCATION], "/app");
+
+    // Security headers on pages.
+    let response = client
+        .get(format!("{}/app/acme", app.base_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()[X_FRAME_OPTIONS], "DENY");
+    let csp = response.headers()[CONTENT_SECURITY_POLICY]
+        .to_str()
+        .unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    let html = response.text().await.unwrap();
+    let token = csrf(&html);
+
+    // CSRF: a form post without the token, or with another, is refused and changes nothing.
+    let agents = format!("{}/app/acme/agents", app.base_url);
+    for form in [
+        vec![("name", "sneaky")],
+        vec![
+            ("name", "sneaky"),
+            ("_csrf", "0123456789abcdef0123456789abcdef"),
+        ],
+    ] {
+        let response = client.post(&agents).form(&form).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    }
+    let (_, list) = app.get("/api/v1/orgs/acme/agents", &ada.token).await;
+    assert_eq!(list["agents"], json!([]));
+    let response = client
+        .post(&agents)
+        .form(&[
+            ("name", "laptop"),
+            ("_csrf", token.as_str()),
+            ("scope", "all"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let html = response.text().await.unwrap();
+    assert!(
+        html.contains("id=\"new-key\">pcl_"),
+        "the key is shown once"
+    );
+    let (_, page_again) = page(&client, &agents).await;
+    assert!(!page_again.contains("id=\"new-key\""));
+
+    // The JSON API with the session cookie: reads work, writes need X-CSRF-Token.
+    let api = format!("{}/api/v1/orgs/acme/agents", app.base_url);
+    let response = client.get(&api).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let response = client
+        .post(&api)
+        .json(&json!({"name": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let response = client
+        .post(&api)
+        .header("X-CSRF-Token", &token)
+        .json(&json!({"name": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+
+    // Log-out ends the session in the browser.
+    let response = client
+        .post(format!("{}/logout", app.base_url))
+        .form(&[("_csrf", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert!(
+        response.headers()[SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    let response = client
+        .get(format!("{}/app/acme", app.base_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+
+    // Cookies are Secure when the console is served over https.
+    let tls = TestApp::start_with(portcullis_console::ConsoleConfig {
+        public_url: Some("https://portcullis.example".into()),
+        ..console::test_config()
+    })
+    .await;
+    let response = browser()
+        .post(format!("{}/signup", tls.base_url))
+        .form(&[
+            ("email", "b@b.test"),
+            ("password", "long enough password"),
+            ("organization", "B"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.headers()[SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .contains("; Secure")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forms_keep_what_was_typed_and_say_what_is_wrong() {
+    let app = TestApp::start().await;
+    let upstream = TestUpstream::start().await;
+    let client = browser();
+    let response = client
+        .post(format!("{}/signup", app.base_url))
+        .form(&[
+            ("email", "not-an-email"),
+            ("password", "short"),
+            ("organization", "Acme"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let html = response.text().await.unwrap();
+    assert!(html.contains("id=\"email-error\"") && html.contains("id=\"password-error\""));
+    assert!(html.contains("value=\"not-an-email\"") && html.contains("value=\"Acme\""));
+    let response = client
+        .post(format!("{}/signup", app.base_url))
+        .form(&[
+            ("email", "ada@acme.test"),
+            ("password", "correct horse battery"),
+            ("organization", "Acme"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()[LOCATION], "/app/acme");
+
+    // Add a server: an unreachable URL says so beside the field, keeping the rest.
+    let (_, html) = page(&client, &format!("{}/app/acme/servers/new", app.base_url)).await;
+    let token = csrf(&html);
+    let response = client
+        .post(format!("{}/app/acme/servers/new", app.base_url))
+        .form(&[
+            ("_csrf", token.as_str()),
+            ("url", "http://127.0.0.1:9/mcp"),
+            ("name", "nothing"),
+            ("headers", "Authorization: Bearer abc"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let html = response.text().await.unwrap();
+    assert!(html.contains("id=\"url-error\">cannot discover the tools of http://127.0.0.1:9/mcp: connection refused"), "{html}");
+    assert!(html.contains("value=\"nothing\"") && html.contains("Authorization: Bearer abc"));
+    let response = client
+        .post(format!("{}/app/acme/servers/new", app.base_url))
+        .form(&[
+            ("_csrf", token.as_str()),
+            ("url", upstream.url.as_str()),
+            ("name", "images"),
+            ("headers", ""),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let location = response.headers()[LOCATION].to_str().unwrap().to_owned();
+    let policy = format!(
+        "{}{}",
+        app.base_url,
+        location.replace("?done=registered", "/policy")
+    );
+
+    // An invalid policy is not saved; the page lists every problem and keeps the text.
+    let bad = r#"{"version":"1","default":"deny","tools":{"echo":{"rate_limit":{"max":0}}}}"#;
+    let response = client
+        .post(&policy)
+        .form(&[
+            ("_csrf", token.as_str()),
+            ("document", bad),
+            ("action", "save"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let html = response.text().await.unwrap();
+    assert!(
+        html.contains("/tools/echo/rate_limit/max"),
+        "the problem's pointer"
+    );
+    assert!(html.contains(":0}}}}</textarea>"), "the text as typed");
+    // A valid one is saved, then published from the same form.
+    let good = r#"{"version":"1","default":"deny","tools":{"echo":{}}}"#;
+    let response = client
+        .post(&policy)
+        .form(&[
+            ("_csrf", token.as_str()),
+            ("document", good),
+            ("action", "publish"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let (_, html) = page(
+        &client,
+        &format!(
+            "{}{}",
+            app.base_url,
+            response.headers()[LOCATION].to_str().unwrap()
+        ),
+    )
+    .await;
+    assert!(html.contains("Published version 1"));
+    // Restore a version into the draft after changing it.
+    client
+        .post(&policy)
+        .form(&[
+            ("_csrf", token.as_str()),
+            ("document", r#"{"version":"1","default":"allow"}"#),
+            ("action", "save"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let (_, html) = page(&client, &policy).await;
+    assert!(
+        html.contains("class=\"del\"") && html.contains("class=\"add\""),
+        "the diff against v1"
+    );
+    let response = client
+        .post(format!("{policy}/restore/1"))
+        .form(&[("_csrf", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let (_, html) = page(&client, &policy).await;
+    assert!(html.contains("The draft is the published version 1."));
+
+    // Simulate through the page.
+    let response = client
+        .post(policy.replace("/policy", "/simulate"))
+        .form(&[
+            ("_csrf", token.as_str()),
+            ("tool", "delete_image_set"),
+            ("arguments", "{\"name\": \"prod\"}"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let html = response.text().await.unwrap();
+    assert!(
+        html.contains(
+            "risk-critical\" style=\"font-size:1rem\">deny</span> by <code>/default</code>"
+        ),
+        "{html}"
+    );
+}
