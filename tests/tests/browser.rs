@@ -157,6 +157,9 @@ async fn sign_up_to_gateway_url() {
         .for_element(Locator::XPath("//button[text()='Copied']"))
         .await
         .expect("the copy button says so");
+    b.click("a.brand").await;
+    assert!(b.text("table").await.contains("v1 published"));
+    b.screenshots("09-dashboard").await;
     browser.close().await;
 
     // An MCP client through that URL sees exactly that policy.
