@@ -38,10 +38,13 @@ impl Drop for TestGateway {
     }
 }
 
-/// The default settings, with private upstreams allowed: test upstreams run on loopback.
+/// The default settings, with private upstreams allowed (test upstreams run on loopback) and
+/// the approval timers short (progress every 200 ms, orphan sweeps every 300 ms).
 pub fn test_config() -> GatewayConfig {
     GatewayConfig {
         allow_private_upstreams: true,
+        approval_progress_interval: Duration::from_millis(200),
+        approval_sweep: Duration::from_millis(300),
         ..GatewayConfig::default()
     }
 }

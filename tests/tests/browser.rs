@@ -1,7 +1,7 @@
 //! The whole path in a real browser (headless Chromium): sign up, add a server, build a policy
 //! with the visual builder (hide one tool, deny one with a reason, rate-limit one, require
 //! approval for one), publish, create a key and copy the gateway URL; then a real MCP client
-//! through that URL sees exactly that policy. Screenshots of each step at 1280 and 390 px are
+//! through that URL sees exactly that policy, and a held call is approved on the approvals page. Screenshots of each step at 1280 and 390 px are
 //! kept in `target/screenshots/sign_up_to_gateway_url/`.
 
 use fantoccini::Locator;
@@ -160,7 +160,6 @@ async fn sign_up_to_gateway_url() {
     b.click("a.brand").await;
     assert!(b.text("table").await.contains("v1 published"));
     b.screenshots("09-dashboard").await;
-    browser.close().await;
 
     // An MCP client through that URL sees exactly that policy.
     let mcp = client::connect(&gateway_url, Some(&key)).await.unwrap();
@@ -198,10 +197,49 @@ async fn sign_up_to_gateway_url() {
     );
     let listed = mcp.call("list_images", json!({})).await.unwrap();
     assert_ne!(listed.is_error, Some(true));
-    // Held for approval (which fails closed until approvals land): never forwarded.
-    let deploy = mcp.call("deploy_webapp", json!({"service": "web"})).await;
-    assert!(deploy.map(|r| r.is_error == Some(true)).unwrap_or(true));
+    // Held for approval: the approver sees it in the browser, with its arguments, and approves.
+    b.click("a[href$='/approvals']").await;
+    assert!(
+        b.text("main")
+            .await
+            .contains("Nothing is waiting for approval.")
+    );
+    let deploy = tokio::spawn({
+        let (url, key) = (gateway_url.clone(), key.clone());
+        async move {
+            let mcp = client::connect(&url, Some(&key)).await.unwrap();
+            let result = mcp
+                .call("deploy_webapp", json!({"service": "checkout-web"}))
+                .await;
+            mcp.close().await.unwrap();
+            result
+        }
+    });
+    // It appears without reloading the page.
+    let held = b.text(".approval").await;
+    assert!(
+        held.contains("deploy_webapp") && held.contains("checkout-web"),
+        "{held}"
+    );
     assert_eq!(upstream.calls("deploy_webapp"), 0);
+    b.fill(".approval input[name=note]", "Release window is open.")
+        .await;
+    b.screenshots("10-approval").await;
+    b.click(".approval button[value=approve]").await;
+    let deployed = tokio::time::timeout(std::time::Duration::from_secs(20), deploy)
+        .await
+        .expect("the held call returns once approved")
+        .unwrap()
+        .unwrap();
+    assert_ne!(deployed.is_error, Some(true), "{}", result_text(&deployed));
+    assert_eq!(upstream.calls("deploy_webapp"), 1);
+    assert!(
+        b.text("main")
+            .await
+            .contains("Nothing is waiting for approval.")
+    );
+    b.screenshots("11-approved").await;
+    browser.close().await;
     assert_eq!(upstream.calls("create_refund"), 0);
     assert_eq!(upstream.calls("echo"), 2);
     mcp.close().await.unwrap();

@@ -897,7 +897,7 @@ async fn the_openapi_document_covers_every_route_of_the_contract() {
         doc["openapi"]
     );
     let paths = doc["paths"].as_object().unwrap();
-    // API.md's routes (approvals and activity come with their issues).
+    // API.md's routes (activity comes with its issue).
     let contract = [
         ("post", "/api/v1/signup"),
         ("post", "/api/v1/login"),
@@ -921,6 +921,9 @@ async fn the_openapi_document_covers_every_route_of_the_contract() {
         ("post", "/api/v1/orgs/{org}/servers/{id}/policy/simulate"),
         ("get", "/api/v1/orgs/{org}/settings"),
         ("put", "/api/v1/orgs/{org}/settings"),
+        ("get", "/api/v1/orgs/{org}/approvals"),
+        ("post", "/api/v1/orgs/{org}/approvals/{id}/approve"),
+        ("post", "/api/v1/orgs/{org}/approvals/{id}/deny"),
     ];
     for (method, path) in contract {
         assert!(

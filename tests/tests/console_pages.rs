@@ -71,6 +71,7 @@ async fn every_page_renders_for_every_role_and_offers_only_what_it_may_do() {
         format!("{base}/servers/{sid}/policy"),
         format!("{base}/servers/{sid}/simulate"),
         format!("{base}/servers/{sid}/connect"),
+        format!("{base}/approvals"),
         format!("{base}/agents"),
         format!("{base}/members"),
         format!("{base}/settings"),

@@ -283,3 +283,51 @@ where
             .map_err(|e: QueryRejection| ApiError::bad_request("bad_query", e.body_text()))
     }
 }
+
+/// A JSON body that may be left out (an empty body): `None` then. A body that is there must be
+/// valid, with the same answers as [`Json`].
+#[derive(Debug)]
+pub struct OptionalJson<T>(pub Option<T>);
+
+impl<T, S> FromRequest<S> for OptionalJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "too_large",
+                        "the body is larger than the 1 MiB limit",
+                    )
+                } else {
+                    ApiError::bad_request("bad_request", e.body_text())
+                }
+            })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJson(None));
+        }
+        serde_json::from_slice(&bytes)
+            .map(|v| OptionalJson(Some(v)))
+            .map_err(|e| {
+                if e.is_data() {
+                    ApiError::invalid(
+                        "invalid_body",
+                        "",
+                        format!("the body does not have the expected shape: {e}"),
+                    )
+                } else {
+                    ApiError::bad_request(
+                        "malformed_json",
+                        format!("the body is not valid JSON: {e}"),
+                    )
+                }
+            })
+    }
+}

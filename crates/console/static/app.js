@@ -8,6 +8,7 @@ document.addEventListener("DOMContentLoaded", () => {
   wireConfirmations();
   wireCatalog();
   wireSimulate();
+  wireLiveList();
   const builder = document.getElementById("builder");
   if (builder) new PolicyBuilder(builder);
 });
@@ -53,6 +54,20 @@ function wireCatalog() {
       if (url) url.focus();
     });
   });
+}
+
+// The approvals list refreshes every 2 s, except while someone is writing a note in it.
+function wireLiveList() {
+  const list = document.getElementById("approval-list");
+  if (!list) return;
+  setInterval(async () => {
+    if (list.contains(document.activeElement)) return;
+    if ([...list.querySelectorAll("input[type=text]")].some((i) => i.value)) return;
+    try {
+      const response = await fetch(list.dataset.src, { credentials: "same-origin" });
+      if (response.ok) list.innerHTML = await response.text();
+    } catch (_) {}
+  }, 2000);
 }
 
 function wireSimulate() {

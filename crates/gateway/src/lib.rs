@@ -7,6 +7,7 @@
 //! and tests can bind it to port 0.
 
 pub mod activity;
+pub mod approvals;
 pub mod auth;
 pub mod health;
 pub mod limits;
@@ -47,6 +48,10 @@ pub struct GatewayConfig {
     /// Allow upstreams on loopback, private, link-local and metadata addresses (checked after
     /// DNS resolution on every connection). Off by default.
     pub allow_private_upstreams: bool,
+    /// How often a held call sends a progress notification (when the client gave a token).
+    pub approval_progress_interval: Duration,
+    /// How often pending approvals of dead gateways are marked abandoned.
+    pub approval_sweep: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -59,6 +64,8 @@ impl Default for GatewayConfig {
             policy_reload: Duration::from_secs(30),
             redis_url: None,
             allow_private_upstreams: false,
+            approval_progress_interval: Duration::from_secs(10),
+            approval_sweep: Duration::from_secs(30),
         }
     }
 }
@@ -78,6 +85,8 @@ pub struct Gateway {
     /// Agents changed (revoked, rotated, grants): their open streams end.
     pub agent_changed: tokio::sync::broadcast::Sender<Uuid>,
     pub(crate) mcp: mcp::McpState,
+    /// Calls held for approval in this process.
+    pub approvals: Arc<approvals::Waiters>,
     origin: Instant,
 }
 
@@ -133,6 +142,7 @@ impl Gateway {
                 redis,
             },
             mcp: mcp::McpState::default(),
+            approvals: Arc::new(approvals::Waiters::new()),
             origin: Instant::now(),
             policies: policies.clone(),
             agents: agents.clone(),
@@ -159,6 +169,7 @@ impl Gateway {
                 }
             }
         });
+        approvals::spawn(&gateway, gateway.config.approval_sweep);
         policies.spawn_refresher(db.clone(), gateway.config.policy_reload, list_changed);
         agents.spawn_listener(db, agent_changed);
         let weak = Arc::downgrade(&gateway);

@@ -26,9 +26,10 @@ use portcullis_mcp::jsonrpc::{
 };
 use portcullis_mcp::sse::{SseEvent, encode_event};
 use portcullis_mcp::upstream::{EventStream, PostResponse, UpstreamError, collect_until_response};
-use portcullis_policy::{Call, ChangedTools, Decision};
+use portcullis_policy::{ApprovalRequest, Call, ChangedTools, Decision};
 use portcullis_store::activity::NewEvent;
 use portcullis_store::agents::Agent;
+use portcullis_store::approvals;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -117,6 +118,59 @@ fn refusal(id: &RequestId, text: &str, rule: Option<&str>, version: Option<i32>)
     json_message(&Message::result(id.clone(), result).to_value(), None)
 }
 
+/// A tool result for a refused call, as a JSON-RPC message.
+fn refusal_message(id: &RequestId, text: &str, rule: &str) -> Value {
+    let result = json!({
+        "content": [{"type": "text", "text": text}],
+        "isError": true,
+        "_meta": {"io.portcullis/rule": rule},
+    });
+    Message::result(id.clone(), result).to_value()
+}
+
+/// One JSON-RPC message as an SSE event.
+fn sse_bytes(message: &Value) -> Bytes {
+    Bytes::from(encode_event(&SseEvent::message(message.to_string())))
+}
+
+fn event_version(policy: &Option<Arc<LoadedPolicy>>) -> Option<i32> {
+    policy.as_ref().map(|p| p.version)
+}
+
+/// An activity event about an approval, for steps that happen outside a request (a holder that
+/// died).
+pub(crate) fn approval_event(
+    org_id: Uuid,
+    approval: &portcullis_store::approvals::Approval,
+    decision: &str,
+    reason: Option<String>,
+) -> NewEvent {
+    NewEvent {
+        id: Uuid::now_v7(),
+        org_id,
+        at: chrono::Utc::now(),
+        server_id: Some(approval.server_id),
+        agent_id: Some(approval.agent_id),
+        agent_name: Some(approval.agent_name.clone()),
+        session: None,
+        method: "tools/call".into(),
+        tool: Some(approval.tool.clone()),
+        argument_keys: approval
+            .arguments
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default(),
+        arguments: None,
+        decision: decision.into(),
+        rule: Some(approval.rule.clone()),
+        reason,
+        policy_id: None,
+        policy_version: None,
+        latency_ms: None,
+        upstream_status: None,
+    }
+}
+
 fn sse_response(
     stream: impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
 ) -> Response {
@@ -132,6 +186,7 @@ fn sse_response(
 // Checks common to every method
 
 /// The request's agent and server, or the answer that refuses it.
+#[derive(Clone)]
 struct Caller {
     agent: Arc<Agent>,
     server_id: Uuid,
@@ -481,6 +536,7 @@ fn id_value(id: &RequestId) -> Value {
 }
 
 /// One request's context after admission.
+#[derive(Clone)]
 struct Ctx {
     gw: Arc<Gateway>,
     caller: Caller,
@@ -848,19 +904,9 @@ impl Ctx {
                     }
                 };
                 if let Some(approval) = approval {
-                    // Approvals arrive with their own issue; until then such calls fail closed.
-                    self.gw.counters.release(reservation);
-                    event.decision = "deny".into();
-                    event.rule = Some(approval.rule.clone());
-                    let reason = "this call needs a person's approval, and approvals are not enabled on this gateway";
-                    event.reason = Some(reason.into());
-                    self.gw.activity.record(event);
-                    return refusal(
-                        &req.id,
-                        &format!("[POLICY DENIED] {reason}"),
-                        Some(&approval.rule),
-                        Some(policy.version),
-                    );
+                    return self
+                        .hold(req, arguments.clone(), approval.clone(), reservation, event)
+                        .await;
                 }
                 event.decision = "allow".into();
                 let raw = Message::Request(req.clone()).to_value();
@@ -869,6 +915,252 @@ impl Ctx {
                 event.upstream_status = Some(i32::from(response.status().as_u16()));
                 self.gw.activity.record(event);
                 response
+            }
+        }
+    }
+
+    /// Holds a call for a person's approval: records the approval, answers on an SSE stream
+    /// (with progress notifications when the client gave a progress token), and forwards the
+    /// call once approved, or ends it denied, timed out, or abandoned when the client leaves.
+    async fn hold(
+        &self,
+        req: Request,
+        arguments: Value,
+        approval: ApprovalRequest,
+        reservation: Reservation,
+        mut event: NewEvent,
+    ) -> Response {
+        let id = Uuid::new_v4();
+        let tool = event.tool.clone().unwrap_or_default();
+        let expires_at = chrono::Utc::now()
+            + chrono::Duration::from_std(approval.timeout)
+                .unwrap_or_else(|_| chrono::Duration::minutes(5));
+        let session = self.session.id.to_string();
+        let hash = portcullis_store::servers::canonical_hash(&arguments);
+        let recorded = approvals::insert(
+            &self.gw.db,
+            &approvals::NewApproval {
+                id,
+                org_id: self.caller.agent.org_id,
+                server_id: self.caller.server_id,
+                agent_id: self.caller.agent.id,
+                session: &session,
+                tool: &tool,
+                arguments: &arguments,
+                arguments_hash: &hash,
+                rule: &approval.rule,
+                reason: approval.reason.as_deref(),
+                expires_at,
+                holder: &self.gw.approvals.holder,
+            },
+        )
+        .await;
+        event.rule = Some(approval.rule.clone());
+        if let Err(e) = recorded {
+            // Fail closed: no record, no person can approve it.
+            tracing::warn!(error = %e, "cannot record an approval; refusing the call");
+            self.gw.counters.release(reservation);
+            event.decision = "deny".into();
+            let reason = "this call needs a person's approval, which cannot be requested right now";
+            event.reason = Some(reason.into());
+            self.gw.activity.record(event);
+            return refusal(
+                &req.id,
+                &format!("[POLICY DENIED] {reason}"),
+                Some(&approval.rule),
+                event_version(&self.policy()),
+            );
+        }
+        event.decision = "approval_requested".into();
+        event.reason = approval.reason.clone();
+        self.gw.activity.record(event.clone());
+        tracing::info!(approval = %id, tool, "call held for approval");
+        let guard = self.gw.approvals.wait(id);
+        let token = req
+            .params
+            .as_ref()
+            .and_then(|p| p.pointer("/_meta/progressToken"))
+            .cloned();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+        let ctx = self.clone();
+        tokio::spawn(async move {
+            ctx.await_decision(req, id, approval, reservation, event, guard, token, tx)
+                .await;
+        });
+        sse_response(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        }))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn await_decision(
+        &self,
+        req: Request,
+        id: Uuid,
+        approval: ApprovalRequest,
+        reservation: Reservation,
+        mut event: NewEvent,
+        guard: crate::approvals::WaitGuard,
+        token: Option<Value>,
+        tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    ) {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + approval.timeout;
+        let mut progress = tokio::time::interval(self.gw.config.approval_progress_interval);
+        progress.tick().await;
+        // A lost notification costs at most this long.
+        let mut poll = tokio::time::interval(Duration::from_secs(5));
+        let mut ticks = 0u64;
+        enum End {
+            Approved,
+            Denied(Option<String>),
+            Expired,
+            Gone,
+        }
+        let end = loop {
+            let check = tokio::select! {
+                () = tx.closed() => break End::Gone,
+                () = guard.notify.notified() => true,
+                _ = poll.tick() => true,
+                () = tokio::time::sleep_until(deadline) => break End::Expired,
+                _ = progress.tick(), if token.is_some() => {
+                    ticks += 1;
+                    let note = json!({"jsonrpc": "2.0", "method": "notifications/progress",
+                                      "params": {"progressToken": token, "progress": ticks,
+                                                 "message": "Waiting for a person to approve this call"}});
+                    if tx.send(Ok(sse_bytes(&note))).await.is_err() {
+                        break End::Gone;
+                    }
+                    false
+                }
+            };
+            if check {
+                match approvals::state(&self.gw.db, id).await {
+                    Ok((status, note)) => match status.as_str() {
+                        "approved" => break End::Approved,
+                        "denied" => break End::Denied(note),
+                        "expired" => break End::Expired,
+                        "abandoned" | "used" => break End::Gone,
+                        _ => {}
+                    },
+                    Err(e) => tracing::warn!(error = %e, approval = %id, "cannot read an approval"),
+                }
+            }
+        };
+        drop(guard);
+        let decided_by = |a: &portcullis_store::approvals::Approval| {
+            let who = a
+                .decided_by_email
+                .clone()
+                .unwrap_or_else(|| "a former member".into());
+            match a.note.as_deref().filter(|n| !n.trim().is_empty()) {
+                Some(note) => format!("by {who}: {note}"),
+                None => format!("by {who}"),
+            }
+        };
+        let org = self.caller.agent.org_id;
+        // The outcome is an event of its own, after approval_requested.
+        event.id = Uuid::now_v7();
+        event.at = chrono::Utc::now();
+        match end {
+            End::Approved => {
+                // An approval is used once.
+                if !approvals::settle(&self.gw.db, id, "approved", "used")
+                    .await
+                    .unwrap_or(false)
+                {
+                    self.gw.counters.release(reservation);
+                    return;
+                }
+                let record = approvals::get(&self.gw.db, org, id).await.ok();
+                event.decision = "approval_granted".into();
+                event.reason = record.as_ref().map(decided_by);
+                let raw = Message::Request(req.clone()).to_value();
+                let answer = self
+                    .post_upstream(&raw, self.client_version.as_deref())
+                    .await;
+                event.latency_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+                match answer {
+                    Ok(PostResponse::Json { message, .. }) => {
+                        if message.get("error").is_some() {
+                            self.gw.counters.release(reservation);
+                        }
+                        event.upstream_status = Some(200);
+                        self.gw.activity.record(event);
+                        let _ = tx.send(Ok(sse_bytes(&message))).await;
+                    }
+                    Ok(PostResponse::Stream { events, .. }) => {
+                        event.upstream_status = Some(200);
+                        self.gw.activity.record(event);
+                        let mut relayed = Box::pin(relay(
+                            self.gw.clone(),
+                            req.id.clone(),
+                            events,
+                            Some(reservation),
+                        ));
+                        while let Some(chunk) = relayed.next().await {
+                            if tx.send(chunk).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    Ok(PostResponse::Accepted) | Err(_) => {
+                        self.gw.counters.release(reservation);
+                        let error = match answer {
+                            Err(e) => e.to_error_object(),
+                            _ => ErrorObject::new(
+                                code::INTERNAL_ERROR,
+                                "Upstream accepted the request without answering it",
+                            ),
+                        };
+                        event.decision = "upstream_error".into();
+                        event.reason = Some(error.message.clone());
+                        self.gw.activity.record(event);
+                        let message = Message::error(Some(req.id.clone()), error).to_value();
+                        let _ = tx.send(Ok(sse_bytes(&message))).await;
+                    }
+                }
+            }
+            End::Denied(note) => {
+                self.gw.counters.release(reservation);
+                let record = approvals::get(&self.gw.db, org, id).await.ok();
+                event.decision = "approval_denied".into();
+                event.reason = record.as_ref().map(decided_by);
+                self.gw.activity.record(event);
+                let text = ApprovalRequest::denied_text(note.as_deref());
+                let _ = tx
+                    .send(Ok(sse_bytes(&refusal_message(
+                        &req.id,
+                        &text,
+                        &approval.rule,
+                    ))))
+                    .await;
+            }
+            End::Expired => {
+                self.gw.counters.release(reservation);
+                let _ = approvals::settle(&self.gw.db, id, "pending", "expired").await;
+                event.decision = "approval_expired".into();
+                event.reason = Some(approval.timed_out_text());
+                self.gw.activity.record(event);
+                let text = approval.timed_out_text();
+                let _ = tx
+                    .send(Ok(sse_bytes(&refusal_message(
+                        &req.id,
+                        &text,
+                        &approval.rule,
+                    ))))
+                    .await;
+            }
+            End::Gone => {
+                self.gw.counters.release(reservation);
+                if approvals::settle(&self.gw.db, id, "pending", "abandoned")
+                    .await
+                    .unwrap_or(false)
+                {
+                    event.decision = "approval_abandoned".into();
+                    event.reason = Some("the client went away while waiting".into());
+                    self.gw.activity.record(event);
+                }
             }
         }
     }

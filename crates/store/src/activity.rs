@@ -158,13 +158,3 @@ pub async fn counts_since(
     .fetch_all(pool)
     .await?)
 }
-
-/// Approvals of the organization waiting for a person.
-pub async fn pending_approvals(pool: &PgPool, org_id: Uuid) -> Result<i64> {
-    Ok(sqlx::query_scalar!(
-        r#"SELECT count(*) AS "n!" FROM approvals WHERE org_id = $1 AND status = 'pending'"#,
-        org_id
-    )
-    .fetch_one(pool)
-    .await?)
-}

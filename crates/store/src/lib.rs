@@ -8,6 +8,7 @@
 
 pub mod activity;
 pub mod agents;
+pub mod approvals;
 pub mod crypto;
 pub mod embedded;
 pub mod orgs;

@@ -265,6 +265,17 @@ pub fn definition_hash(tool: &Value) -> String {
         .collect()
 }
 
+/// SHA-256 (hex) of the canonical JSON of any value (keys sorted, no white space): equal for
+/// equal values whatever their key order.
+pub fn canonical_hash(value: &Value) -> String {
+    let mut canonical = String::new();
+    write_canonical(value, &mut canonical);
+    crate::crypto::sha256(canonical.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 fn write_canonical(value: &Value, out: &mut String) {
     match value {
         Value::Object(map) => {

@@ -6,6 +6,7 @@
 //! every form carries a CSRF token derived from the session (an HMAC), checked on every POST.
 
 mod account;
+mod approvals;
 mod org;
 mod server;
 
@@ -31,6 +32,7 @@ pub fn router() -> Router<ConsoleState> {
         .route("/static/htmx-2.0.11.min.js", get(htmx))
         .merge(account::router())
         .merge(org::router())
+        .merge(approvals::router())
         .merge(server::router())
         .layer(axum::middleware::map_response(security_headers))
 }
@@ -97,8 +99,11 @@ pub struct Nav {
     pub org_name: String,
     pub role: &'static str,
     pub csrf: String,
-    /// Which section is open: `dashboard`, `servers`, `agents`, `members`, `settings`.
+    /// Which section is open: `dashboard`, `servers`, `approvals`, `agents`, `members`,
+    /// `settings`.
     pub current: &'static str,
+    /// Calls waiting for approval (the badge).
+    pub pending: i64,
 }
 
 /// A one-line message above the page.
@@ -269,6 +274,7 @@ pub struct OrgPage {
     pub session: Session,
     pub access: OrgAccess,
     pub email: String,
+    pub pending: i64,
 }
 
 impl OrgPage {
@@ -284,6 +290,7 @@ impl OrgPage {
             role: self.access.role.as_str(),
             csrf: self.session.csrf.clone(),
             current,
+            pending: self.pending,
         })
     }
 
@@ -323,7 +330,11 @@ impl FromRequestParts<ConsoleState> for OrgPage {
             .map_err(|_| PageError::SignIn {
                 next: "/app".into(),
             })?;
+        let pending =
+            portcullis_store::approvals::pending_count(state.db(), membership.organization.id)
+                .await?;
         Ok(OrgPage {
+            pending,
             access: OrgAccess {
                 user_id: session.user_id,
                 org: membership.organization,

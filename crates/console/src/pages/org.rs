@@ -119,7 +119,7 @@ async fn dashboard(State(state): State<ConsoleState>, page: OrgPage) -> PageResu
         org_name: page.access.org.name.clone(),
         can_manage: page.can_manage(),
         agents: agents::list(state.db(), org_id).await?.len(),
-        pending: activity::pending_approvals(state.db(), org_id).await?,
+        pending: portcullis_store::approvals::pending_count(state.db(), org_id).await?,
         calls: counts.values().map(|c| c.calls).sum(),
         denials: counts.values().map(|c| c.denials).sum(),
         servers: rows,

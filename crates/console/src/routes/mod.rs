@@ -2,6 +2,7 @@
 
 pub(crate) mod accounts;
 pub(crate) mod agents;
+pub(crate) mod approvals;
 pub(crate) mod policies;
 pub(crate) mod servers;
 pub(crate) mod settings;
@@ -17,4 +18,5 @@ pub fn router() -> OpenApiRouter<ConsoleState> {
         .merge(servers::router())
         .merge(policies::router())
         .merge(settings::router())
+        .merge(approvals::router())
 }
