@@ -45,6 +45,7 @@ pub fn test_config() -> GatewayConfig {
         allow_private_upstreams: true,
         approval_progress_interval: Duration::from_millis(200),
         approval_sweep: Duration::from_millis(300),
+        webhook_retry_base: Duration::from_millis(50),
         ..GatewayConfig::default()
     }
 }

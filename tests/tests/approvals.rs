@@ -478,3 +478,124 @@ async fn only_managers_of_the_organization_decide() {
     assert_eq!(status_of(&s.app, &s.admin.token, id).await, "pending");
     drop(held_call);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_held_call_posts_the_webhook_and_failures_are_retried_and_shown() {
+    use std::sync::{Arc, Mutex};
+    let s = setup("5m").await;
+    // A receiver that fails its first request, then accepts.
+    let received: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let hits = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+            let hits = hits.clone();
+            async move {
+                let mut hits = hits.lock().unwrap();
+                hits.push(body);
+                if hits.len() == 1 {
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    axum::http::StatusCode::OK
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.ok() });
+    let (status, body) = s
+        .app
+        .put(
+            "/api/v1/orgs/acme/settings",
+            &s.admin.token,
+            &json!({"approval_webhook_url": hook}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let http = reqwest::Client::new();
+    let session = raw_session(&http, &s.gateway_url, &s.key).await;
+    let held = raw_call(
+        &http,
+        &s.gateway_url,
+        &s.key,
+        &session,
+        json!({"name": "deploy_webapp", "arguments": {"service": "web"}}),
+    )
+    .await;
+    let payload = eventually(
+        "the webhook, retried after a failure",
+        Duration::from_secs(10),
+        || async {
+            let hits = received.lock().unwrap();
+            (hits.len() >= 2).then(|| hits[1].clone())
+        },
+    )
+    .await;
+    let text = payload["text"].as_str().unwrap();
+    assert!(
+        text.contains("agent ci-runner wants to call deploy_webapp on deploys"),
+        "{text}"
+    );
+    assert!(
+        payload["url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/app/acme/approvals"),
+        "{payload}"
+    );
+    assert_eq!(payload["approval"]["arguments"], json!({"service": "web"}));
+    let delivered = eventually("delivered", Duration::from_secs(5), || async {
+        let (_, settings) = s
+            .app
+            .get("/api/v1/orgs/acme/settings", &s.admin.token)
+            .await;
+        let d = settings["webhook_deliveries"][0].clone();
+        (d["status"] == "delivered").then_some(d)
+    })
+    .await;
+    assert_eq!(delivered["attempts"], 2);
+    drop(held);
+
+    // A receiver that is down: the failure is visible in the settings, and the call still waits.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/hook", l.local_addr().unwrap())
+    };
+    s.app
+        .put(
+            "/api/v1/orgs/acme/settings",
+            &s.admin.token,
+            &json!({"approval_webhook_url": closed}),
+        )
+        .await;
+    let session = raw_session(&http, &s.gateway_url, &s.key).await;
+    let held = raw_call(
+        &http,
+        &s.gateway_url,
+        &s.key,
+        &session,
+        json!({"name": "deploy_webapp", "arguments": {"service": "db"}}),
+    )
+    .await;
+    let failing = eventually("a failed attempt", Duration::from_secs(5), || async {
+        let (_, settings) = s
+            .app
+            .get("/api/v1/orgs/acme/settings", &s.admin.token)
+            .await;
+        let d = settings["webhook_deliveries"][0].clone();
+        d["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("could not connect"))
+            .then_some(d)
+    })
+    .await;
+    assert_eq!(
+        failing["status"], "pending",
+        "retried with backoff: {failing}"
+    );
+    let pending_now = pending(&s.app, &s.admin.token).await;
+    assert_eq!(pending_now["arguments"], json!({"service": "db"}));
+    drop(held);
+}

@@ -16,6 +16,7 @@ pub mod policies;
 pub mod redis_limits;
 pub mod session;
 pub mod upstreams;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,6 +53,10 @@ pub struct GatewayConfig {
     pub approval_progress_interval: Duration,
     /// How often pending approvals of dead gateways are marked abandoned.
     pub approval_sweep: Duration,
+    /// The console's public URL, for the link in approval webhooks.
+    pub console_url: Option<String>,
+    /// The first retry delay of a failed webhook delivery (then doubled each time).
+    pub webhook_retry_base: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -66,6 +71,8 @@ impl Default for GatewayConfig {
             allow_private_upstreams: false,
             approval_progress_interval: Duration::from_secs(10),
             approval_sweep: Duration::from_secs(30),
+            console_url: None,
+            webhook_retry_base: Duration::from_secs(1),
         }
     }
 }
@@ -87,6 +94,8 @@ pub struct Gateway {
     pub(crate) mcp: mcp::McpState,
     /// Calls held for approval in this process.
     pub approvals: Arc<approvals::Waiters>,
+    /// Wakes the webhook delivery loop.
+    pub webhooks: std::sync::OnceLock<Arc<tokio::sync::Notify>>,
     origin: Instant,
 }
 
@@ -143,6 +152,7 @@ impl Gateway {
             },
             mcp: mcp::McpState::default(),
             approvals: Arc::new(approvals::Waiters::new()),
+            webhooks: std::sync::OnceLock::new(),
             origin: Instant::now(),
             policies: policies.clone(),
             agents: agents.clone(),
@@ -170,6 +180,7 @@ impl Gateway {
             }
         });
         approvals::spawn(&gateway, gateway.config.approval_sweep);
+        let _ = gateway.webhooks.set(webhooks::spawn(&gateway));
         policies.spawn_refresher(db.clone(), gateway.config.policy_reload, list_changed);
         agents.spawn_listener(db, agent_changed);
         let weak = Arc::downgrade(&gateway);

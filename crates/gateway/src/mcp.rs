@@ -975,6 +975,8 @@ impl Ctx {
         event.reason = approval.reason.clone();
         self.gw.activity.record(event.clone());
         tracing::info!(approval = %id, tool, "call held for approval");
+        self.notify_webhook(id, &tool, &arguments, &approval, expires_at)
+            .await;
         let guard = self.gw.approvals.wait(id);
         let token = req
             .params
@@ -990,6 +992,55 @@ impl Ctx {
         sse_response(futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
         }))
+    }
+
+    /// Queues the organization's approval webhook, if it has one (never blocks the call: a
+    /// failure is logged and the call waits all the same).
+    async fn notify_webhook(
+        &self,
+        id: Uuid,
+        tool: &str,
+        arguments: &Value,
+        approval: &ApprovalRequest,
+        expires_at: chrono::DateTime<chrono::Utc>,
+    ) {
+        let org_id = self.caller.agent.org_id;
+        let slug = match portcullis_store::orgs::slug_of(&self.gw.db, org_id).await {
+            Ok(slug) => slug,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot queue the approval webhook");
+                return;
+            }
+        };
+        let link = format!(
+            "{}/app/{slug}/approvals",
+            self.gw.config.console_url.as_deref().unwrap_or_default()
+        );
+        let agent = &self.caller.agent.name;
+        let server = &self.upstream.name;
+        let payload = json!({
+            "text": format!("Portcullis: agent {agent} wants to call {tool} on {server}. Approve or deny before {}: {link}",
+                            expires_at.format("%H:%M UTC")),
+            "url": link,
+            "approval": {
+                "id": id, "organization": slug,
+                "server": {"id": self.caller.server_id, "name": server},
+                "agent": {"id": self.caller.agent.id, "name": agent},
+                "tool": tool, "arguments": arguments, "rule": approval.rule,
+                "reason": approval.reason, "expires_at": expires_at,
+            },
+        });
+        match portcullis_store::webhooks::enqueue_for_approval(&self.gw.db, org_id, id, &payload)
+            .await
+        {
+            Ok(true) => {
+                if let Some(kick) = self.gw.webhooks.get() {
+                    kick.notify_one();
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot queue the approval webhook"),
+        }
     }
 
     #[allow(clippy::too_many_arguments)]

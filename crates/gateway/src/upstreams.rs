@@ -21,6 +21,9 @@ pub struct Upstreams {
     max_body_bytes: usize,
     allow_private: bool,
     cache: Mutex<HashMap<Uuid, (Arc<Upstream>, Instant)>>,
+    /// Counts invalidations: a lookup that read the database before one does not cache what it
+    /// read (it may be the settings of a server deleted meanwhile).
+    generation: std::sync::atomic::AtomicU64,
 }
 
 /// One upstream server.
@@ -64,12 +67,15 @@ impl Upstreams {
             max_body_bytes,
             allow_private,
             cache: Mutex::new(HashMap::new()),
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
     /// Drops the cached settings of `server` (of every server with `None`).
     pub fn forget(&self, server: Option<Uuid>) {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         match server {
             Some(id) => {
                 cache.remove(&id);
@@ -95,6 +101,7 @@ impl Upstreams {
         {
             return Ok(up.clone());
         }
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
         let server = match servers::get(db, org_id, server_id).await {
             Ok(s) => s,
             Err(portcullis_store::Error::NotFound) => return Err(UpstreamLookupError::NotFound),
@@ -140,10 +147,10 @@ impl Upstreams {
             name: server.name,
             client: StreamableHttpClient::new(self.http.clone(), config),
         });
-        self.cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(server_id, (upstream.clone(), Instant::now()));
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if self.generation.load(std::sync::atomic::Ordering::SeqCst) == generation {
+            cache.insert(server_id, (upstream.clone(), Instant::now()));
+        }
         Ok(upstream)
     }
 }

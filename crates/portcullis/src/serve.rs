@@ -145,6 +145,7 @@ async fn serve(planes: Planes, opts: &ServerOpts, pool: &PgPool) -> anyhow::Resu
             upstream_timeout: std::time::Duration::from_secs(opts.upstream_timeout),
             redis_url: opts.redis_url.clone(),
             allow_private_upstreams: opts.allow_private_upstreams,
+            console_url: Some(public_url.clone()),
             ..portcullis_gateway::GatewayConfig::default()
         };
         // Fails closed: a gateway that cannot load the published policies does not serve.

@@ -15,6 +15,7 @@ pub mod orgs;
 pub mod policies;
 pub mod servers;
 pub mod testing;
+pub mod webhooks;
 
 use std::time::Duration;
 

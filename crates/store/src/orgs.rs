@@ -297,3 +297,12 @@ pub async fn update_settings(pool: &PgPool, org_id: Uuid, settings: &Settings) -
     .fetch_one(pool)
     .await?)
 }
+
+/// The slug of an organization (for links the data plane builds).
+pub async fn slug_of(pool: &PgPool, org_id: Uuid) -> Result<String> {
+    Ok(
+        sqlx::query_scalar!("SELECT slug FROM organizations WHERE id = $1", org_id)
+            .fetch_one(pool)
+            .await?,
+    )
+}

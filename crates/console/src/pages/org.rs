@@ -393,17 +393,39 @@ struct Settings {
     webhook: String,
     store_values: bool,
     error: Option<String>,
+    deliveries: Vec<DeliveryRow>,
+}
+
+pub struct DeliveryRow {
+    pub status: String,
+    pub attempts: i32,
+    pub error: String,
+    pub when: String,
+}
+
+fn delivery_rows(view: &crate::routes::settings::SettingsView) -> Vec<DeliveryRow> {
+    view.webhook_deliveries
+        .iter()
+        .map(|d| DeliveryRow {
+            status: d.status.clone(),
+            attempts: d.attempts,
+            error: d.last_error.clone().unwrap_or_default(),
+            when: when(&d.created_at),
+        })
+        .collect()
 }
 
 async fn settings_page(State(state): State<ConsoleState>, page: OrgPage) -> PageResult {
-    let settings = portcullis_store::orgs::settings(state.db(), page.access.org_id()).await?;
+    let Json(settings) =
+        settings_routes::get_settings(State(state.clone()), page.access.clone()).await?;
     Ok(render(&Settings {
+        deliveries: delivery_rows(&settings),
         nav: page.nav("settings"),
         flash: None,
         slug: page.slug().to_owned(),
         csrf: page.session.csrf.clone(),
         is_admin: page.is_admin(),
-        webhook: settings.approval_webhook_url.unwrap_or_default(),
+        webhook: settings.approval_webhook_url.clone().unwrap_or_default(),
         store_values: settings.store_argument_values,
         error: None,
     }))
@@ -439,6 +461,8 @@ async fn save_settings(
             form.get("store_argument_values") == Some("true"),
         ),
     };
+    let Json(current) =
+        settings_routes::get_settings(State(state.clone()), page.access.clone()).await?;
     let status = if error.is_some() {
         StatusCode::UNPROCESSABLE_ENTITY
     } else {
@@ -455,6 +479,7 @@ async fn save_settings(
             webhook,
             store_values,
             error,
+            deliveries: delivery_rows(&current),
         }),
     )
         .into_response())

@@ -21,15 +21,37 @@ pub struct SettingsView {
     pub approval_webhook_url: Option<String>,
     /// Store argument values in the activity log (secret-looking keys are redacted).
     pub store_argument_values: bool,
+    /// The latest webhook deliveries (at most 10), newest first: failures show here.
+    pub webhook_deliveries: Vec<DeliveryView>,
 }
 
-impl From<Settings> for SettingsView {
-    fn from(s: Settings) -> Self {
-        SettingsView {
-            approval_webhook_url: s.approval_webhook_url,
-            store_argument_values: s.store_argument_values,
-        }
-    }
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryView {
+    /// `pending` (retrying), `delivered` or `failed` (given up).
+    pub status: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub delivered_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+async fn view(state: &ConsoleState, org_id: uuid::Uuid, s: Settings) -> ApiResult<SettingsView> {
+    let webhook_deliveries = portcullis_store::webhooks::recent(state.db(), org_id, 10)
+        .await?
+        .into_iter()
+        .map(|d| DeliveryView {
+            status: d.status,
+            attempts: d.attempts,
+            last_error: d.last_error,
+            created_at: d.created_at,
+            delivered_at: d.delivered_at,
+        })
+        .collect();
+    Ok(SettingsView {
+        approval_webhook_url: s.approval_webhook_url,
+        store_argument_values: s.store_argument_values,
+        webhook_deliveries,
+    })
 }
 
 /// A partial update: fields left out keep their value; `approval_webhook_url: null` removes it.
@@ -61,9 +83,8 @@ pub(crate) async fn get_settings(
     State(state): State<ConsoleState>,
     access: OrgAccess,
 ) -> ApiResult<Json<SettingsView>> {
-    Ok(Json(
-        orgs::settings(state.db(), access.org_id()).await?.into(),
-    ))
+    let settings = orgs::settings(state.db(), access.org_id()).await?;
+    Ok(Json(view(&state, access.org_id(), settings).await?))
 }
 
 /// Change the organization's settings (admin only).
@@ -98,5 +119,5 @@ pub(crate) async fn put_settings(
     }
     let saved = orgs::update_settings(state.db(), access.org_id(), &settings).await?;
     tracing::info!(org = %access.org.slug, by = %access.user_id, "settings changed");
-    Ok(Json(saved.into()))
+    Ok(Json(view(&state, access.org_id(), saved).await?))
 }
