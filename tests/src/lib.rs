@@ -13,6 +13,7 @@ pub mod browser;
 pub mod client;
 pub mod console;
 pub mod everything;
+pub mod fake_mcp;
 pub mod gateway;
 pub mod upstream;
 

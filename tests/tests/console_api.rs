@@ -1,88 +1,13 @@
 //! The console API's edges: log-in answers and throttling, tenant isolation on every route,
 //! roles, bad input, discovery failures and re-discovery, and the OpenAPI document.
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::http::StatusCode as AxumStatus;
-use axum::response::IntoResponse;
-use axum::routing::{any, post};
 use portcullis_console::{ConsoleConfig, LoginLimits};
 use portcullis_tests::console::{self, Account, TestApp, assert_error, gateway_status};
+use portcullis_tests::fake_mcp::{FakeMcp, fake_tool};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-
-/// A minimal MCP server whose tool list the test changes, beside routes that fail in the ways
-/// discovery must explain: `/mcp` (MCP), `/html` (a web page), `/hang` (never answers);
-/// anything else is 404.
-struct FakeMcp {
-    url: String,
-    tools: Arc<Mutex<Vec<Value>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for FakeMcp {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-fn fake_tool(name: &str, description: &str) -> Value {
-    json!({"name": name, "description": description,
-           "inputSchema": {"type": "object", "properties": {"id": {"type": "string"}}}})
-}
-
-impl FakeMcp {
-    async fn start(tools: Vec<Value>) -> FakeMcp {
-        let tools = Arc::new(Mutex::new(tools));
-        let shared = tools.clone();
-        let app = Router::new()
-            .route(
-                "/mcp",
-                post(move |body: axum::Json<Value>| {
-                    let tools = shared.clone();
-                    async move { answer(&body.0, &tools) }
-                }),
-            )
-            .route(
-                "/html",
-                any(|| async { axum::response::Html("<html><body>Welcome</body></html>") }),
-            )
-            .route("/hang", any(std::future::pending::<String>));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.ok();
-        });
-        FakeMcp { url, tools, task }
-    }
-
-    fn mcp(&self) -> String {
-        format!("{}/mcp", self.url)
-    }
-
-    fn set_tools(&self, tools: Vec<Value>) {
-        *self.tools.lock().unwrap() = tools;
-    }
-}
-
-fn answer(request: &Value, tools: &Mutex<Vec<Value>>) -> axum::response::Response {
-    let id = request["id"].clone();
-    let result = match request["method"].as_str() {
-        Some("initialize") => json!({"protocolVersion": "2025-06-18",
-                                     "capabilities": {"tools": {}},
-                                     "serverInfo": {"name": "fake", "version": "1"}}),
-        Some("tools/list") => json!({"tools": *tools.lock().unwrap()}),
-        _ if id.is_null() => return AxumStatus::ACCEPTED.into_response(),
-        _ => {
-            return axum::Json(json!({"jsonrpc": "2.0", "id": id,
-                                     "error": {"code": -32601, "message": "no such method"}}))
-            .into_response();
-        }
-    };
-    axum::Json(json!({"jsonrpc": "2.0", "id": id, "result": result})).into_response()
-}
 
 async fn setup() -> (TestApp, FakeMcp, Account) {
     let app = TestApp::start().await;

@@ -147,11 +147,14 @@ pub async fn publish(
     .fetch_one(&mut *tx)
     .await?;
     let version = sqlx::query!(
-        r#"INSERT INTO policy_versions (id, org_id, policy_id, version, document, reviewed_tools, published_by)
+        r#"INSERT INTO policy_versions (id, org_id, policy_id, version, document, reviewed_tools,
+                                        reviewed_definitions, published_by)
            VALUES ($1, $2, $3,
                    (SELECT COALESCE(max(version), 0) + 1 FROM policy_versions WHERE policy_id = $3),
                    (SELECT draft FROM policies WHERE id = $3),
                    (SELECT COALESCE(jsonb_object_agg(name, definition_hash), '{}')
+                    FROM tools WHERE org_id = $2 AND server_id = $4),
+                   (SELECT COALESCE(jsonb_object_agg(name, definition), '{}')
                     FROM tools WHERE org_id = $2 AND server_id = $4),
                    $5)
            RETURNING id, version, document, published_at, published_by"#,
@@ -249,6 +252,26 @@ pub async fn enforced(pool: &PgPool, policy_id: Uuid) -> Result<Option<Enforced>
 pub async fn reviewed_tools(pool: &PgPool, org_id: Uuid, server_id: Uuid) -> Result<Option<Value>> {
     Ok(sqlx::query_scalar!(
         "SELECT v.reviewed_tools
+         FROM policies p
+         JOIN policy_heads h ON h.policy_id = p.id
+         JOIN policy_versions v ON v.id = h.enforced_version_id
+         WHERE p.org_id = $1 AND p.server_id = $2 AND p.agent_id IS NULL",
+        org_id,
+        server_id
+    )
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// `{"tool": definition}` as reviewed when the server's enforced policy was published; `None`
+/// when nothing is published.
+pub async fn reviewed_definitions(
+    pool: &PgPool,
+    org_id: Uuid,
+    server_id: Uuid,
+) -> Result<Option<Value>> {
+    Ok(sqlx::query_scalar!(
+        "SELECT v.reviewed_definitions
          FROM policies p
          JOIN policy_heads h ON h.policy_id = p.id
          JOIN policy_versions v ON v.id = h.enforced_version_id

@@ -236,6 +236,8 @@ async fn head(state: &ConsoleState, page: &OrgPage, id: Uuid) -> Result<ServerHe
 }
 
 pub struct ToolRow {
+    /// For a changed tool: its reviewed definition against the current one.
+    pub diff: Vec<DiffLine>,
     pub name: String,
     pub description: String,
     pub category: String,
@@ -279,11 +281,27 @@ async fn tools_view(
         Path((page.slug().to_owned(), id)),
     )
     .await?;
+    let reviewed = policies::reviewed_definitions(state.db(), page.access.org_id(), id)
+        .await?
+        .unwrap_or(Value::Null);
+    // What the definition hash covers, for the diff of a changed tool.
+    let reviewed_part = |d: &Value| {
+        json!({"description": d.get("description"), "inputSchema": d.get("inputSchema"),
+               "annotations": d.get("annotations")})
+    };
     let tools = view
         .tools
         .unwrap_or_default()
         .into_iter()
         .map(|t| ToolRow {
+            diff: match reviewed.get(&t.name) {
+                Some(before) if t.changed_since_publish => diff(
+                    &reviewed_part(before),
+                    &json!({"description": t.description, "inputSchema": t.input_schema,
+                            "annotations": t.annotations}),
+                ),
+                _ => Vec::new(),
+            },
             params: t
                 .input_schema
                 .get("properties")
@@ -821,6 +839,8 @@ struct ConnectPage {
     server: ServerHead,
     key: Option<NewKey>,
     snippets: Vec<Snippet>,
+    /// Agents that may reach this server, whose key can be rotated into the snippets.
+    agents: Vec<super::org::Named>,
 }
 
 /// Ready-to-paste client configuration for the gateway URL and a key.
@@ -883,7 +903,17 @@ async fn connect_view(
         .map(|k| k.key.as_str())
         .unwrap_or("pcl_YOUR_KEY");
     let snippets = snippets(&server.name, &server.gateway_url, shown);
+    let agents = portcullis_store::agents::list(state.db(), page.access.org_id())
+        .await?
+        .into_iter()
+        .filter(|a| a.may_reach(id))
+        .map(|a| super::org::Named {
+            id: a.id,
+            name: a.name,
+        })
+        .collect();
     Ok(render(&ConnectPage {
+        agents,
         nav: page.nav("servers"),
         flash: None,
         slug: page.slug().to_owned(),
@@ -912,16 +942,33 @@ async fn connect_key(
 ) -> PageResult {
     page.session.check_csrf(&state, &form)?;
     let id = ids.1;
-    let request = CreateAgentRequest {
-        name: form.text("name"),
-        servers: Some(vec![id]),
-    };
-    let (_, Json(created)) =
-        agent_routes::create_agent(State(state.clone()), page.access.clone(), Json(request))
-            .await?;
-    let key = NewKey {
-        agent: created.agent.name,
-        key: created.key,
+    let key = if let Some(agent_id) = form.get("agent_id").and_then(|a| a.parse::<Uuid>().ok()) {
+        // An existing agent: its key is never shown again, so give it a new one.
+        let agent = portcullis_store::agents::get(state.db(), page.access.org_id(), agent_id)
+            .await
+            .map_err(|_| PageError::NotFound)?;
+        let Json(rotated) = agent_routes::rotate_agent(
+            State(state.clone()),
+            page.access.clone(),
+            Path((page.slug().to_owned(), agent_id)),
+        )
+        .await?;
+        NewKey {
+            agent: agent.name,
+            key: rotated.key,
+        }
+    } else {
+        let request = CreateAgentRequest {
+            name: form.text("name"),
+            servers: Some(vec![id]),
+        };
+        let (_, Json(created)) =
+            agent_routes::create_agent(State(state.clone()), page.access.clone(), Json(request))
+                .await?;
+        NewKey {
+            agent: created.agent.name,
+            key: created.key,
+        }
     };
     connect_view(&state, &page, id, Some(key)).await
 }
