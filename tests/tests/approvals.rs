@@ -129,6 +129,7 @@ async fn an_approved_call_is_forwarded_once_and_a_denied_one_never() {
     assert_eq!(held["agent"]["name"], "ci-runner");
     assert_eq!(held["server_name"], "deploys");
     assert_eq!(held["rule"], "/tools/deploy_webapp/action");
+    assert_eq!(held["policy_version"], 1);
     assert_eq!(
         s.upstream.calls("deploy_webapp"),
         0,
@@ -228,7 +229,7 @@ async fn an_approved_call_is_forwarded_once_and_a_denied_one_never() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_undecided_call_times_out_and_a_late_decision_is_refused() {
-    let s = setup("1s").await;
+    let s = setup("2s").await;
     let mcp = client::connect(&s.gateway_url, Some(&s.key)).await.unwrap();
     let result = tokio::time::timeout(
         Duration::from_secs(10),
@@ -237,7 +238,7 @@ async fn an_undecided_call_times_out_and_a_late_decision_is_refused() {
     .await
     .unwrap()
     .unwrap();
-    assert_eq!(result_text(&result), "[APPROVAL TIMED OUT] after 1s");
+    assert_eq!(result_text(&result), "[APPROVAL TIMED OUT] after 2s");
     assert_eq!(s.upstream.calls("deploy_webapp"), 0);
     let (_, all) = s
         .app
@@ -397,6 +398,7 @@ async fn a_held_call_of_a_gateway_that_died_is_abandoned_not_pending_forever() {
             arguments_hash: "x",
             rule: "/tools/deploy_webapp/action",
             reason: None,
+            policy: None,
             expires_at: chrono::Utc::now() + chrono::Duration::minutes(5),
             holder: "portcullis-gw-a-process-that-died",
         },
@@ -598,4 +600,79 @@ async fn each_held_call_posts_the_webhook_and_failures_are_retried_and_shown() {
     let pending_now = pending(&s.app, &s.admin.token).await;
     assert_eq!(pending_now["arguments"], json!({"service": "db"}));
     drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_is_bound_to_its_call_and_its_arguments() {
+    let s = setup("5m").await;
+    let call = |service: &'static str| {
+        let (url, key) = (s.gateway_url.clone(), s.key.clone());
+        tokio::spawn(async move {
+            let mcp = client::connect(&url, Some(&key)).await.unwrap();
+            let result = mcp.call("deploy_webapp", json!({"service": service})).await;
+            mcp.close().await.unwrap();
+            result
+        })
+    };
+    let harmless = call("docs-site");
+    let first = pending(&s.app, &s.admin.token).await;
+    assert_eq!(first["arguments"], json!({"service": "docs-site"}));
+    // The same agent asks again with other arguments: a call of its own, waiting on its own.
+    let dangerous = call("payments-db");
+    let both = eventually("two pending approvals", Duration::from_secs(10), || async {
+        let (_, body) = s
+            .app
+            .get("/api/v1/orgs/acme/approvals", &s.admin.token)
+            .await;
+        let list = body["approvals"].as_array().cloned().unwrap_or_default();
+        (list.len() == 2).then_some(list)
+    })
+    .await;
+    assert!(
+        both.iter()
+            .any(|a| a["arguments"] == json!({"service": "payments-db"}))
+    );
+    // The stored hash is of the exact arguments.
+    let hash: String = sqlx::query_scalar("SELECT arguments_hash FROM approvals WHERE id = $1")
+        .bind(first["id"].as_str().unwrap().parse::<uuid::Uuid>().unwrap())
+        .fetch_one(&s.app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        hash,
+        portcullis_store::servers::canonical_hash(&json!({"service": "docs-site"}))
+    );
+    let id = first["id"].as_str().unwrap();
+    s.app
+        .post(
+            &format!("/api/v1/orgs/acme/approvals/{id}/approve"),
+            &s.admin.token,
+            &json!({}),
+        )
+        .await;
+    let result = tokio::time::timeout(Duration::from_secs(10), harmless)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    // What ran is what was approved, and only that.
+    assert_eq!(result_text(&result), "deployed docs-site");
+    assert_eq!(s.upstream.calls("deploy_webapp"), 1);
+    let still = pending(&s.app, &s.admin.token).await;
+    assert_eq!(still["arguments"], json!({"service": "payments-db"}));
+    let other = still["id"].as_str().unwrap();
+    s.app
+        .post(
+            &format!("/api/v1/orgs/acme/approvals/{other}/deny"),
+            &s.admin.token,
+            &json!({}),
+        )
+        .await;
+    let refused = tokio::time::timeout(Duration::from_secs(10), dangerous)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(result_text(&refused), "[APPROVAL DENIED]");
+    assert_eq!(s.upstream.calls("deploy_webapp"), 1);
 }

@@ -950,6 +950,7 @@ impl Ctx {
                 arguments_hash: &hash,
                 rule: &approval.rule,
                 reason: approval.reason.as_deref(),
+                policy: event.policy_id.zip(event.policy_version),
                 expires_at,
                 holder: &self.gw.approvals.holder,
             },

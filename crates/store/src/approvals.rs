@@ -27,6 +27,8 @@ pub struct NewApproval<'a> {
     pub arguments_hash: &'a str,
     pub rule: &'a str,
     pub reason: Option<&'a str>,
+    /// The policy and version that asked for approval (recorded as the version's row).
+    pub policy: Option<(Uuid, i32)>,
     pub expires_at: DateTime<Utc>,
     /// The gateway process holding the call (its listener's `application_name`).
     pub holder: &'a str,
@@ -43,6 +45,8 @@ pub struct Approval {
     pub arguments: Value,
     pub rule: String,
     pub reason: Option<String>,
+    /// The version of the policy that asked for approval.
+    pub policy_version: Option<i32>,
     pub status: String,
     pub requested_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
@@ -55,8 +59,10 @@ pub struct Approval {
 pub async fn insert(pool: &PgPool, new: &NewApproval<'_>) -> Result<()> {
     sqlx::query!(
         "INSERT INTO approvals (id, org_id, server_id, agent_id, session, tool, arguments,
-                                arguments_hash, rule, reason, expires_at, holder)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                                arguments_hash, rule, reason, expires_at, holder, policy_version_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
+                 (SELECT id FROM policy_versions
+                  WHERE org_id = $2 AND policy_id = $13 AND version = $14))",
         new.id,
         new.org_id,
         new.server_id,
@@ -69,6 +75,8 @@ pub async fn insert(pool: &PgPool, new: &NewApproval<'_>) -> Result<()> {
         new.reason,
         new.expires_at,
         new.holder,
+        new.policy.map(|(id, _)| id),
+        new.policy.map(|(_, version)| version),
     )
     .execute(pool)
     .await?;
@@ -85,12 +93,13 @@ pub async fn list(
     Ok(sqlx::query_as!(
         Approval,
         r#"SELECT a.id, a.server_id, s.name AS server_name, a.agent_id, g.name AS agent_name,
-                  a.tool, a.arguments, a.rule, a.reason, a.status, a.requested_at, a.expires_at,
+                  a.tool, a.arguments, a.rule, a.reason, pv.version AS "policy_version?", a.status, a.requested_at, a.expires_at,
                   a.decided_at, a.decided_by, u.email AS "decided_by_email?", a.note
            FROM approvals a
            JOIN servers s ON s.org_id = a.org_id AND s.id = a.server_id
            JOIN agents g ON g.org_id = a.org_id AND g.id = a.agent_id
            LEFT JOIN users u ON u.id = a.decided_by
+           LEFT JOIN policy_versions pv ON pv.id = a.policy_version_id
            WHERE a.org_id = $1 AND ($2::text IS NULL OR a.status = $2)
            ORDER BY a.requested_at DESC, a.id
            LIMIT $3"#,
@@ -106,12 +115,13 @@ pub async fn get(pool: &PgPool, org_id: Uuid, id: Uuid) -> Result<Approval> {
     Ok(sqlx::query_as!(
         Approval,
         r#"SELECT a.id, a.server_id, s.name AS server_name, a.agent_id, g.name AS agent_name,
-                  a.tool, a.arguments, a.rule, a.reason, a.status, a.requested_at, a.expires_at,
+                  a.tool, a.arguments, a.rule, a.reason, pv.version AS "policy_version?", a.status, a.requested_at, a.expires_at,
                   a.decided_at, a.decided_by, u.email AS "decided_by_email?", a.note
            FROM approvals a
            JOIN servers s ON s.org_id = a.org_id AND s.id = a.server_id
            JOIN agents g ON g.org_id = a.org_id AND g.id = a.agent_id
            LEFT JOIN users u ON u.id = a.decided_by
+           LEFT JOIN policy_versions pv ON pv.id = a.policy_version_id
            WHERE a.org_id = $1 AND a.id = $2"#,
         org_id,
         id

@@ -39,6 +39,8 @@ pub struct ApprovalView {
     /// The rule that asked for approval, and its reason.
     pub rule: String,
     pub reason: Option<String>,
+    /// The version of the server's policy that asked for approval.
+    pub policy_version: Option<i32>,
     pub requested_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     /// `pending`, `approved`, `denied`, `expired`, `abandoned` or `used`.
@@ -68,6 +70,7 @@ impl From<Approval> for ApprovalView {
             arguments: a.arguments,
             rule: a.rule,
             reason: a.reason,
+            policy_version: a.policy_version,
             requested_at: a.requested_at,
             expires_at: a.expires_at,
             status,
