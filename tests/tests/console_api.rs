@@ -822,7 +822,7 @@ async fn the_openapi_document_covers_every_route_of_the_contract() {
         doc["openapi"]
     );
     let paths = doc["paths"].as_object().unwrap();
-    // API.md's routes (activity comes with its issue).
+    // API.md's routes, then the ones Portcullis adds (exports and the audit trail).
     let contract = [
         ("post", "/api/v1/signup"),
         ("post", "/api/v1/login"),
@@ -849,6 +849,9 @@ async fn the_openapi_document_covers_every_route_of_the_contract() {
         ("get", "/api/v1/orgs/{org}/approvals"),
         ("post", "/api/v1/orgs/{org}/approvals/{id}/approve"),
         ("post", "/api/v1/orgs/{org}/approvals/{id}/deny"),
+        ("get", "/api/v1/orgs/{org}/activity"),
+        ("get", "/api/v1/orgs/{org}/activity/export"),
+        ("get", "/api/v1/orgs/{org}/audit"),
     ];
     for (method, path) in contract {
         assert!(

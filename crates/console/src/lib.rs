@@ -146,6 +146,13 @@ impl ConsoleState {
             .starts_with("https://")
     }
 
+    /// Records an audit entry; a failure is logged and never fails the action it records.
+    pub(crate) async fn audit(&self, entry: portcullis_store::audit::Entry<'_>) {
+        if let Err(e) = portcullis_store::audit::record(&self.inner.db, &entry).await {
+            tracing::error!(error = %e, action = entry.action, "cannot record an audit entry");
+        }
+    }
+
     /// `{public gateway URL}/mcp/{server id}`.
     pub(crate) fn gateway_url(&self, server_id: uuid::Uuid) -> String {
         format!("{}/mcp/{server_id}", self.inner.config.public_gateway_url)

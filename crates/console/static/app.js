@@ -56,18 +56,19 @@ function wireCatalog() {
   });
 }
 
-// The approvals list refreshes every 2 s, except while someone is writing a note in it.
+// Live parts of a page (the approvals list, the activity tail) refresh every 2 s from their
+// data-live-src, except while someone is typing in them.
 function wireLiveList() {
-  const list = document.getElementById("approval-list");
-  if (!list) return;
-  setInterval(async () => {
-    if (list.contains(document.activeElement)) return;
-    if ([...list.querySelectorAll("input[type=text]")].some((i) => i.value)) return;
-    try {
-      const response = await fetch(list.dataset.src, { credentials: "same-origin" });
-      if (response.ok) list.innerHTML = await response.text();
-    } catch (_) {}
-  }, 2000);
+  document.querySelectorAll("[data-live-src]").forEach((list) => {
+    setInterval(async () => {
+      if (list.contains(document.activeElement)) return;
+      if ([...list.querySelectorAll("input[type=text]")].some((i) => i.value)) return;
+      try {
+        const response = await fetch(list.dataset.liveSrc, { credentials: "same-origin" });
+        if (response.ok) list.innerHTML = await response.text();
+      } catch (_) {}
+    }, 2000);
+  });
 }
 
 function wireSimulate() {

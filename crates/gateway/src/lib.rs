@@ -8,6 +8,7 @@
 
 pub mod activity;
 pub mod approvals;
+pub mod arguments;
 pub mod auth;
 pub mod health;
 pub mod limits;
@@ -94,6 +95,8 @@ pub struct Gateway {
     pub(crate) mcp: mcp::McpState,
     /// Calls held for approval in this process.
     pub approvals: Arc<approvals::Waiters>,
+    /// Which organizations store argument values.
+    pub arguments: arguments::ArgumentPolicy,
     /// Wakes the webhook delivery loop.
     pub webhooks: std::sync::OnceLock<Arc<tokio::sync::Notify>>,
     origin: Instant,
@@ -153,6 +156,7 @@ impl Gateway {
             mcp: mcp::McpState::default(),
             approvals: Arc::new(approvals::Waiters::new()),
             webhooks: std::sync::OnceLock::new(),
+            arguments: arguments::ArgumentPolicy::default(),
             origin: Instant::now(),
             policies: policies.clone(),
             agents: agents.clone(),

@@ -823,6 +823,11 @@ impl Ctx {
         let empty = Value::Object(serde_json::Map::new());
         let arguments = params.get("arguments").unwrap_or(&empty);
         let mut event = self.event("tools/call", Some(&tool), arguments);
+        event.arguments = self
+            .gw
+            .arguments
+            .recorded(&self.gw.db, self.caller.agent.org_id, arguments)
+            .await;
 
         let Some(policy) = self.policy() else {
             event.decision = "deny".into();

@@ -105,6 +105,8 @@ pub struct Event {
     pub method: String,
     pub tool: Option<String>,
     pub argument_keys: Vec<String>,
+    /// Only when the organization stores argument values (secret-looking ones redacted).
+    pub arguments: Option<Value>,
     pub decision: String,
     pub rule: Option<String>,
     pub reason: Option<String>,
@@ -113,13 +115,57 @@ pub struct Event {
     pub upstream_status: Option<i32>,
 }
 
+/// What the activity API filters on; `None` matches everything.
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    pub server_id: Option<Uuid>,
+    pub agent_id: Option<Uuid>,
+    pub tool: Option<String>,
+    pub decision: Option<String>,
+    /// Only events older than this one (the keyset cursor).
+    pub before: Option<Uuid>,
+    /// Only events at or after this time.
+    pub since: Option<DateTime<Utc>>,
+}
+
+/// The organization's events matching `filter`, newest first, at most `limit`.
+pub async fn query(pool: &PgPool, org_id: Uuid, filter: &Filter, limit: i64) -> Result<Vec<Event>> {
+    Ok(sqlx::query_as!(
+        Event,
+        r#"SELECT e.id, e.at, e.server_id, e.agent_id, e.agent_name, e.session, e.method, e.tool,
+                  e.argument_keys, e.arguments, e.decision, e.rule, e.reason, e.policy_version,
+                  e.latency_ms, e.upstream_status
+           FROM activity_events e
+           WHERE e.org_id = $1
+             AND ($2::uuid IS NULL OR e.server_id = $2)
+             AND ($3::uuid IS NULL OR e.agent_id = $3)
+             AND ($4::text IS NULL OR e.tool = $4)
+             AND ($5::text IS NULL OR e.decision = $5)
+             AND ($6::timestamptz IS NULL OR e.at >= $6)
+             AND ($7::uuid IS NULL OR (e.at, e.id) < (SELECT c.at, c.id FROM activity_events c
+                                                     WHERE c.org_id = $1 AND c.id = $7))
+           ORDER BY e.at DESC, e.id DESC
+           LIMIT $8"#,
+        org_id,
+        filter.server_id,
+        filter.agent_id,
+        filter.tool,
+        filter.decision,
+        filter.since,
+        filter.before,
+        limit
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
 /// The organization's newest events, newest first (filters and keyset pages come with the
 /// activity API).
 pub async fn recent(pool: &PgPool, org_id: Uuid, limit: i64) -> Result<Vec<Event>> {
     Ok(sqlx::query_as!(
         Event,
         "SELECT id, at, server_id, agent_id, agent_name, session, method, tool, argument_keys,
-                decision, rule, reason, policy_version, latency_ms, upstream_status
+                arguments, decision, rule, reason, policy_version, latency_ms, upstream_status
          FROM activity_events WHERE org_id = $1 ORDER BY at DESC, id DESC LIMIT $2",
         org_id,
         limit

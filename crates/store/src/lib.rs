@@ -9,6 +9,7 @@
 pub mod activity;
 pub mod agents;
 pub mod approvals;
+pub mod audit;
 pub mod crypto;
 pub mod embedded;
 pub mod orgs;

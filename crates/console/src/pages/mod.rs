@@ -6,6 +6,7 @@
 //! every form carries a CSRF token derived from the session (an HMAC), checked on every POST.
 
 mod account;
+mod activity;
 mod approvals;
 mod org;
 mod server;
@@ -33,6 +34,7 @@ pub fn router() -> Router<ConsoleState> {
         .merge(account::router())
         .merge(org::router())
         .merge(approvals::router())
+        .merge(activity::router())
         .merge(server::router())
         .layer(axum::middleware::map_response(security_headers))
 }

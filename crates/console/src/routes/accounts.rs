@@ -13,6 +13,7 @@ use uuid::Uuid;
 use crate::ConsoleState;
 use crate::auth::{self, Caller, ClientAddr, OrgAccess, Verdict};
 use crate::error::{ApiError, ApiResult, ErrorBody, FieldProblem, Json};
+use portcullis_store::audit::Entry;
 
 pub fn router() -> OpenApiRouter<ConsoleState> {
     OpenApiRouter::new()
@@ -167,6 +168,16 @@ pub(crate) async fn signup(
     };
     let (token, expires_at) = state.inner.tokens.issue(user.id)?;
     tracing::info!(user = %user.id, org = %org.slug, "account created");
+    state
+        .audit(Entry {
+            org_id: Some(org.id),
+            actor_id: Some(user.id),
+            action: "account_created",
+            target_type: Some("organization"),
+            target_id: Some(org.id),
+            ..Entry::default()
+        })
+        .await;
     Ok((
         StatusCode::CREATED,
         Json(SignupResponse {
@@ -250,6 +261,14 @@ pub(crate) async fn login(
             orgs::record_login(state.db(), user_id).await?;
             let (token, expires_at) = state.inner.tokens.issue(user_id)?;
             tracing::info!(user = %user_id, "signed in");
+            state
+                .audit(Entry {
+                    actor_id: Some(user_id),
+                    action: "signed_in",
+                    ip: addr,
+                    ..Entry::default()
+                })
+                .await;
             Ok(Json(LoginResponse { token, expires_at }))
         }
         None => {
@@ -405,7 +424,23 @@ pub(crate) async fn add_member(
             "an organization needs an admin; make someone else admin first",
         ));
     }
+    let before = current
+        .iter()
+        .find(|m| m.user.id == user.id)
+        .map(|m| serde_json::json!({"email": email, "role": m.role.as_str()}));
     orgs::upsert_member(state.db(), access.org_id(), user.id, body.role).await?;
+    state
+        .audit(Entry {
+            org_id: Some(access.org_id()),
+            actor_id: Some(access.user_id),
+            action: "member_set",
+            target_type: Some("user"),
+            target_id: Some(user.id),
+            before: before.as_ref(),
+            after: Some(&serde_json::json!({"email": email, "role": body.role.as_str()})),
+            ..Entry::default()
+        })
+        .await;
     tracing::info!(org = %access.org.slug, member = %user.id, role = body.role.as_str(), by = %access.user_id, "member set");
     Ok(Json(members_of(&state, access.org_id()).await?))
 }

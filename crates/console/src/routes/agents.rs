@@ -13,6 +13,7 @@ use uuid::Uuid;
 use crate::ConsoleState;
 use crate::auth::OrgAccess;
 use crate::error::{ApiError, ApiResult, ErrorBody, Json, Path};
+use portcullis_store::audit::Entry;
 
 pub fn router() -> OpenApiRouter<ConsoleState> {
     OpenApiRouter::new()
@@ -129,6 +130,20 @@ pub(crate) async fn create_agent(
         other => other.into(),
     })?;
     tracing::info!(org = %access.org.slug, agent = %agent.id, key_prefix = %agent.key_prefix, by = %access.user_id, "agent created");
+    state
+        .audit(Entry {
+            org_id: Some(access.org_id()),
+            actor_id: Some(access.user_id),
+            action: "agent_created",
+            target_type: Some("agent"),
+            target_id: Some(agent.id),
+            after: Some(
+                &serde_json::json!({"name": agent.name, "servers": agent.servers,
+                                             "key_prefix": agent.key_prefix}),
+            ),
+            ..Entry::default()
+        })
+        .await;
     Ok((
         StatusCode::CREATED,
         Json(CreatedAgent {
@@ -172,6 +187,17 @@ pub(crate) async fn rotate_agent(
         .await
         .map_err(not_found_agent)?;
     tracing::info!(org = %access.org.slug, agent = %id, key_prefix = %key.prefix(), by = %access.user_id, "agent key rotated");
+    state
+        .audit(Entry {
+            org_id: Some(access.org_id()),
+            actor_id: Some(access.user_id),
+            action: "agent_key_rotated",
+            target_type: Some("agent"),
+            target_id: Some(id),
+            after: Some(&serde_json::json!({"key_prefix": key.prefix()})),
+            ..Entry::default()
+        })
+        .await;
     Ok(Json(KeyResponse {
         key_prefix: key.prefix().to_owned(),
         key: key.expose().to_owned(),
@@ -194,6 +220,16 @@ pub(crate) async fn revoke_agent(
         .await
         .map_err(not_found_agent)?;
     tracing::info!(org = %access.org.slug, agent = %id, by = %access.user_id, "agent revoked");
+    state
+        .audit(Entry {
+            org_id: Some(access.org_id()),
+            actor_id: Some(access.user_id),
+            action: "agent_revoked",
+            target_type: Some("agent"),
+            target_id: Some(id),
+            ..Entry::default()
+        })
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -179,6 +179,24 @@ async fn decide(
         other => other.into(),
     })?;
     tracing::info!(org = %access.org.slug, approval = %id, approve, by = %access.user_id, "approval decided");
+    state
+        .audit(portcullis_store::audit::Entry {
+            org_id: Some(access.org_id()),
+            actor_id: Some(access.user_id),
+            action: if approve {
+                "approval_approved"
+            } else {
+                "approval_denied"
+            },
+            target_type: Some("approval"),
+            target_id: Some(id),
+            after: Some(
+                &serde_json::json!({"tool": decided.tool, "arguments": decided.arguments,
+                                             "note": decided.note}),
+            ),
+            ..Default::default()
+        })
+        .await;
     Ok(decided.into())
 }
 

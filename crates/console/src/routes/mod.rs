@@ -1,6 +1,7 @@
 //! The API's routes, one module per resource of API.md.
 
 pub(crate) mod accounts;
+pub(crate) mod activity;
 pub(crate) mod agents;
 pub(crate) mod approvals;
 pub(crate) mod policies;
@@ -19,4 +20,5 @@ pub fn router() -> OpenApiRouter<ConsoleState> {
         .merge(policies::router())
         .merge(settings::router())
         .merge(approvals::router())
+        .merge(activity::router())
 }

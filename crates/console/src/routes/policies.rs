@@ -16,6 +16,7 @@ use crate::auth::OrgAccess;
 use crate::discovery::recommended_policy;
 use crate::error::{ApiError, ApiResult, ErrorBody, FieldProblem, Json, Path};
 use crate::routes::servers::not_found_server;
+use portcullis_store::audit::Entry;
 
 pub fn router() -> OpenApiRouter<ConsoleState> {
     OpenApiRouter::new()
@@ -151,6 +152,10 @@ pub(crate) async fn put_policy(
     let id = ids.1;
     access.require_manager()?;
     Policy::from_value(&document).map_err(invalid_policy)?;
+    let before = policies::get(state.db(), access.org_id(), id, None)
+        .await
+        .ok()
+        .map(|p| p.draft);
     policies::put_draft(
         state.db(),
         access.org_id(),
@@ -162,6 +167,18 @@ pub(crate) async fn put_policy(
     .await
     .map_err(not_found_server)?;
     tracing::info!(org = %access.org.slug, server = %id, by = %access.user_id, "policy draft saved");
+    state
+        .audit(Entry {
+            org_id: Some(access.org_id()),
+            actor_id: Some(access.user_id),
+            action: "policy_saved",
+            target_type: Some("server"),
+            target_id: Some(id),
+            before: before.as_ref(),
+            after: Some(&document),
+            ..Entry::default()
+        })
+        .await;
     Ok(Json(DraftResponse { draft: document }))
 }
 
@@ -185,6 +202,24 @@ pub(crate) async fn publish(
         .await
         .map_err(not_found_server)?;
     tracing::info!(org = %access.org.slug, server = %id, version = version.version, by = %access.user_id, "policy published");
+    state
+        .audit(Entry {
+            org_id: Some(access.org_id()),
+            actor_id: Some(access.user_id),
+            action: "policy_published",
+            target_type: Some("server"),
+            target_id: Some(id),
+            before: policy
+                .published
+                .as_ref()
+                .map(|p| serde_json::json!({"version": p.version, "document": p.document}))
+                .as_ref(),
+            after: Some(
+                &serde_json::json!({"version": version.version, "document": version.document}),
+            ),
+            ..Entry::default()
+        })
+        .await;
     Ok(Json(PublishResponse {
         version: version.version,
         published_at: version.published_at,

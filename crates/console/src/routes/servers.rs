@@ -18,6 +18,7 @@ use crate::ConsoleState;
 use crate::auth::OrgAccess;
 use crate::discovery::{self, Found};
 use crate::error::{ApiError, ApiResult, ErrorBody, FieldProblem, Json, Path};
+use portcullis_store::audit::Entry;
 
 pub fn router() -> OpenApiRouter<ConsoleState> {
     OpenApiRouter::new()
@@ -414,6 +415,18 @@ pub(crate) async fn create_server(
         return Err(e);
     }
     tracing::info!(org = %access.org.slug, server = %server.id, transport, tools = found.tools.len(), skipped = found.skipped.len(), by = %access.user_id, "server registered");
+    state
+        .audit(Entry {
+            org_id: Some(access.org_id()),
+            actor_id: Some(access.user_id),
+            action: "server_registered",
+            target_type: Some("server"),
+            target_id: Some(server.id),
+            after: Some(&serde_json::json!({"name": server.name, "url": server.url,
+                                             "command": server.command, "header_names": server.header_names})),
+            ..Entry::default()
+        })
+        .await;
     let server = servers::get(state.db(), access.org_id(), server.id).await?;
     Ok((
         StatusCode::CREATED,
@@ -666,10 +679,25 @@ pub(crate) async fn delete_server(
 ) -> ApiResult<StatusCode> {
     let id = ids.1;
     access.require_manager()?;
+    let before = servers::get(state.db(), access.org_id(), id)
+        .await
+        .ok()
+        .map(|s| serde_json::json!({"name": s.name, "url": s.url, "command": s.command}));
     servers::delete(state.db(), access.org_id(), id)
         .await
         .map_err(not_found_server)?;
     tracing::info!(org = %access.org.slug, server = %id, by = %access.user_id, "server deleted");
+    state
+        .audit(Entry {
+            org_id: Some(access.org_id()),
+            actor_id: Some(access.user_id),
+            action: "server_deleted",
+            target_type: Some("server"),
+            target_id: Some(id),
+            before: before.as_ref(),
+            ..Entry::default()
+        })
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 

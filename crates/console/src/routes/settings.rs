@@ -12,7 +12,9 @@ use crate::auth::OrgAccess;
 use crate::error::{ApiError, ApiResult, ErrorBody, Json};
 
 pub fn router() -> OpenApiRouter<ConsoleState> {
-    OpenApiRouter::new().routes(routes!(get_settings, put_settings))
+    OpenApiRouter::new()
+        .routes(routes!(get_settings, put_settings))
+        .routes(routes!(audit_trail))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -100,6 +102,8 @@ pub(crate) async fn put_settings(
 ) -> ApiResult<Json<SettingsView>> {
     access.require_admin()?;
     let mut settings = orgs::settings(state.db(), access.org_id()).await?;
+    let before = serde_json::json!({"approval_webhook_url": settings.approval_webhook_url,
+                                    "store_argument_values": settings.store_argument_values});
     if let Some(url) = update.approval_webhook_url {
         let url = url.map(|u| u.trim().to_owned()).filter(|u| !u.is_empty());
         if let Some(u) = &url {
@@ -119,5 +123,68 @@ pub(crate) async fn put_settings(
     }
     let saved = orgs::update_settings(state.db(), access.org_id(), &settings).await?;
     tracing::info!(org = %access.org.slug, by = %access.user_id, "settings changed");
+    state
+        .audit(portcullis_store::audit::Entry {
+            org_id: Some(access.org_id()),
+            actor_id: Some(access.user_id),
+            action: "settings_changed",
+            target_type: Some("organization"),
+            target_id: Some(access.org_id()),
+            before: Some(&before),
+            after: Some(
+                &serde_json::json!({"approval_webhook_url": saved.approval_webhook_url,
+                                             "store_argument_values": saved.store_argument_values}),
+            ),
+            ..Default::default()
+        })
+        .await;
     Ok(Json(view(&state, access.org_id(), saved).await?))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditEntryView {
+    pub id: uuid::Uuid,
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// Who (their email), `null` when the account is gone.
+    pub actor: Option<String>,
+    /// `signed_in`, `account_created`, `member_set`, `server_registered`, `server_deleted`,
+    /// `policy_saved`, `policy_published`, `agent_created`, `agent_key_rotated`,
+    /// `agent_revoked`, `settings_changed`, `approval_approved`, `approval_denied`.
+    pub action: String,
+    pub target_type: Option<String>,
+    pub target_id: Option<uuid::Uuid>,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditResponse {
+    pub entries: Vec<AuditEntryView>,
+}
+
+/// The admin audit trail, newest first (admin only): the last 200 entries.
+#[utoipa::path(get, path = "/api/v1/orgs/{org}/audit", tag = "organizations",
+    params(("org" = String, Path, description = "the organization's slug")),
+    responses((status = 200, body = AuditResponse), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody)))]
+pub(crate) async fn audit_trail(
+    State(state): State<ConsoleState>,
+    access: OrgAccess,
+) -> ApiResult<Json<AuditResponse>> {
+    access.require_admin()?;
+    let entries = portcullis_store::audit::recent(state.db(), access.org_id(), 200)
+        .await?
+        .into_iter()
+        .map(|e| AuditEntryView {
+            id: e.id,
+            at: e.at,
+            actor: e.actor_email,
+            action: e.action,
+            target_type: e.target_type,
+            target_id: e.target_id,
+            before: e.before,
+            after: e.after,
+        })
+        .collect();
+    Ok(Json(AuditResponse { entries }))
 }
