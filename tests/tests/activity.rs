@@ -355,3 +355,51 @@ async fn the_audit_trail_says_who_changed_what() {
     let (status, _) = s.app.get("/api/v1/orgs/acme/audit", &viewer.token).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_metrics_count_decisions_with_low_cardinality_labels() {
+    let s = setup(false).await;
+    let mcp = client::connect(&s.gateway_url, Some(&s.key)).await.unwrap();
+    mcp.call("list_images", json!({})).await.unwrap();
+    mcp.call("create_refund", json!({"amount": 1}))
+        .await
+        .unwrap();
+    mcp.close().await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = format!("http://{}", listener.local_addr().unwrap());
+    let router = portcullis_gateway::admin_router(s.app.gateway.clone());
+    tokio::spawn(async move { axum::serve(listener, router).await.ok() });
+    let text = s
+        .app
+        .http
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "portcullis_decisions_total{decision=\"allow\"} 1",
+        "portcullis_decisions_total{decision=\"deny\"} 1",
+        "portcullis_mcp_requests_total{method=\"tools/call\"} 2",
+        "portcullis_mcp_requests_total{method=\"initialize\"} 1",
+        "portcullis_upstream_latency_seconds_count 1",
+        "portcullis_policies_loaded 1",
+        "portcullis_approvals_held 0",
+    ] {
+        assert!(text.contains(line), "{line} missing from:\n{text}");
+    }
+    assert!(
+        !text.contains("list_images") && !text.contains("create_refund"),
+        "no tool names in labels"
+    );
+    let health = s
+        .app
+        .http
+        .get(format!("{admin}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+}

@@ -18,11 +18,15 @@ const LINGER: Duration = Duration::from_millis(50);
 #[derive(Debug, Clone)]
 pub struct ActivitySink {
     tx: mpsc::Sender<NewEvent>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl ActivitySink {
     /// Starts the writer task.
-    pub fn spawn(db: PgPool) -> (ActivitySink, tokio::task::JoinHandle<()>) {
+    pub fn spawn(
+        db: PgPool,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+    ) -> (ActivitySink, tokio::task::JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<NewEvent>(QUEUE);
         let task = tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
@@ -39,14 +43,21 @@ impl ActivitySink {
                 batch.clear();
             }
         });
-        (ActivitySink { tx }, task)
+        (ActivitySink { tx, metrics }, task)
     }
 
     /// Queues an event (made safe to store); never waits. A full queue drops the event and says so in the log.
     pub fn record(&self, event: NewEvent) {
+        self.metrics.decision(&event.decision, event.latency_ms);
         if let Err(e) = self.tx.try_send(sanitize(event)) {
+            self.metrics.event_dropped();
             tracing::error!(error = %e, "activity queue full: an event was dropped");
         }
+    }
+
+    /// Events waiting to be written.
+    pub fn depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
     }
 }
 

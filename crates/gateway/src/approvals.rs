@@ -53,6 +53,11 @@ impl Waiters {
         }
     }
 
+    /// Calls this process holds now.
+    pub fn held(&self) -> usize {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     fn wake(&self, id: Uuid) {
         if let Some(n) = self
             .waiting

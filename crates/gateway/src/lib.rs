@@ -13,6 +13,7 @@ pub mod auth;
 pub mod health;
 pub mod limits;
 pub mod mcp;
+pub mod metrics;
 pub mod policies;
 pub mod redis_limits;
 pub mod session;
@@ -95,6 +96,8 @@ pub struct Gateway {
     pub(crate) mcp: mcp::McpState,
     /// Calls held for approval in this process.
     pub approvals: Arc<approvals::Waiters>,
+    /// Prometheus metrics (`/metrics` on the admin listener).
+    pub metrics: Arc<metrics::Metrics>,
     /// Which organizations store argument values.
     pub arguments: arguments::ArgumentPolicy,
     /// Wakes the webhook delivery loop.
@@ -131,7 +134,8 @@ impl Gateway {
         let (list_changed, _) = tokio::sync::broadcast::channel(256);
         let (agent_changed, _) = tokio::sync::broadcast::channel(256);
         let agents = Arc::new(auth::AgentCache::new(Duration::from_secs(30)));
-        let (activity, _writer) = activity::ActivitySink::spawn(db.clone());
+        let metrics = Arc::new(metrics::Metrics::new());
+        let (activity, _writer) = activity::ActivitySink::spawn(db.clone(), metrics.clone());
         let redis = match &config.redis_url {
             Some(url) => Some(
                 redis_limits::RedisCounters::connect(url)
@@ -157,6 +161,7 @@ impl Gateway {
             approvals: Arc::new(approvals::Waiters::new()),
             webhooks: std::sync::OnceLock::new(),
             arguments: arguments::ArgumentPolicy::default(),
+            metrics,
             origin: Instant::now(),
             policies: policies.clone(),
             agents: agents.clone(),
@@ -175,7 +180,10 @@ impl Gateway {
                 let changed = changed_servers.recv().await;
                 let Some(gw) = weak.upgrade() else { break };
                 match changed {
-                    Ok(server) => gw.upstreams.forget(Some(server)),
+                    Ok(server) => {
+                        gw.metrics.policy_reloaded();
+                        gw.upstreams.forget(Some(server));
+                    }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                         gw.upstreams.forget(None);
                     }
@@ -225,6 +233,33 @@ pub(crate) async fn listen(db: &PgPool, channel: &str) -> Option<sqlx::postgres:
             }
         }
     }
+}
+
+/// The admin listener's routes: health and Prometheus metrics.
+pub fn admin_router(gateway: Arc<Gateway>) -> Router {
+    let db = gateway.db.clone();
+    Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(
+                |axum::extract::State(gw): axum::extract::State<Arc<Gateway>>| async move {
+                    let text = gw.metrics.render(
+                        gw.approvals.held(),
+                        gw.activity.depth(),
+                        gw.policies.len(),
+                    );
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        text,
+                    )
+                },
+            ),
+        )
+        .with_state(gateway)
+        .merge(health::router(db))
 }
 
 /// The gateway's routes: the MCP endpoint and health.

@@ -380,6 +380,11 @@ pub async fn post(
         Err(e) => return rpc_error(StatusCode::BAD_REQUEST, None, e.to_error_object()),
     };
 
+    gw.metrics.request(match &message {
+        Message::Request(r) => &r.method,
+        Message::Notification(n) => &n.method,
+        _ => "response",
+    });
     if let Message::Request(req) = &message
         && req.method == "initialize"
     {

@@ -129,6 +129,8 @@ async fn serve(planes: Planes, opts: &ServerOpts, pool: &PgPool) -> anyhow::Resu
     // The bound address (port 0 picks one) is what clients put in their Host header.
     let bound = listener.local_addr()?;
     let mut app = axum::Router::new();
+    // Health everywhere; metrics where a gateway runs.
+    let mut admin_app = portcullis_gateway::health::router(pool.clone());
     if planes != Planes::Console {
         let mut allowed_origins = opts.allowed_origins.clone();
         allowed_origins.push(opts.public_origin());
@@ -150,6 +152,7 @@ async fn serve(planes: Planes, opts: &ServerOpts, pool: &PgPool) -> anyhow::Resu
         };
         // Fails closed: a gateway that cannot load the published policies does not serve.
         let gateway = portcullis_gateway::Gateway::start(pool.clone(), &key, config).await?;
+        admin_app = portcullis_gateway::admin_router(gateway.clone());
         app = app.merge(portcullis_gateway::router(gateway));
     } else {
         app = app.merge(portcullis_gateway::health::router(pool.clone()));
@@ -181,7 +184,6 @@ async fn serve(planes: Planes, opts: &ServerOpts, pool: &PgPool) -> anyhow::Resu
         "Portcullis is serving"
     );
 
-    let admin_app = portcullis_gateway::health::router(pool.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let admin_task = tokio::spawn({
         let mut stop_rx = stop_rx.clone();

@@ -182,6 +182,9 @@ pub struct ServerCounts {
     pub calls: i64,
     /// Of those, refused by the policy (denied, hidden, rate-limited, approval denied).
     pub denials: i64,
+    /// Median and 95th percentile of the time the gateway took (forwarded calls), in ms.
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
 }
 
 /// Calls and denials per server of the organization since `since`.
@@ -194,7 +197,9 @@ pub async fn counts_since(
         ServerCounts,
         r#"SELECT server_id,
                   count(*) AS "calls!",
-                  count(*) FILTER (WHERE decision IN ('deny', 'hidden', 'rate_limited', 'approval_denied')) AS "denials!"
+                  count(*) FILTER (WHERE decision IN ('deny', 'hidden', 'rate_limited', 'approval_denied')) AS "denials!",
+                  percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms) AS p50_ms,
+                  percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS p95_ms
            FROM activity_events
            WHERE org_id = $1 AND at >= $2 AND method = 'tools/call'
            GROUP BY server_id"#,

@@ -45,6 +45,8 @@ pub struct ServerRow {
     pub version: Option<i32>,
     pub calls: i64,
     pub denials: i64,
+    /// `p50 / p95` latency in ms, or empty.
+    pub latency: String,
 }
 
 /// `url`, or the command line of a stdio server.
@@ -110,6 +112,10 @@ async fn dashboard(State(state): State<ConsoleState>, page: OrgPage) -> PageResu
             version,
             calls: c.calls,
             denials: c.denials,
+            latency: match (c.p50_ms, c.p95_ms) {
+                (Some(p50), Some(p95)) => format!("{p50:.0} / {p95:.0} ms"),
+                _ => String::new(),
+            },
         });
     }
     Ok(render(&Dashboard {
