@@ -59,6 +59,8 @@ pub struct GatewayConfig {
     pub console_url: Option<String>,
     /// The first retry delay of a failed webhook delivery (then doubled each time).
     pub webhook_retry_base: Duration,
+    /// Where activity events wait while the database is unreachable (the data directory).
+    pub spill_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for GatewayConfig {
@@ -75,6 +77,7 @@ impl Default for GatewayConfig {
             approval_sweep: Duration::from_secs(30),
             console_url: None,
             webhook_retry_base: Duration::from_secs(1),
+            spill_dir: None,
         }
     }
 }
@@ -135,7 +138,8 @@ impl Gateway {
         let (agent_changed, _) = tokio::sync::broadcast::channel(256);
         let agents = Arc::new(auth::AgentCache::new(Duration::from_secs(30)));
         let metrics = Arc::new(metrics::Metrics::new());
-        let (activity, _writer) = activity::ActivitySink::spawn(db.clone(), metrics.clone());
+        let (activity, _writer) =
+            activity::ActivitySink::spawn(db.clone(), metrics.clone(), config.spill_dir.clone());
         let redis = match &config.redis_url {
             Some(url) => Some(
                 redis_limits::RedisCounters::connect(url)
@@ -247,6 +251,7 @@ pub fn admin_router(gateway: Arc<Gateway>) -> Router {
                         gw.approvals.held(),
                         gw.activity.depth(),
                         gw.policies.len(),
+                        gw.activity.spilled_bytes(),
                     );
                     (
                         [(

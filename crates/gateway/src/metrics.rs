@@ -50,6 +50,7 @@ pub struct Metrics {
     activity_queue: Gauge,
     policies_loaded: Gauge,
     dropped_events: Counter<u64, AtomicU64>,
+    spill_bytes: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -118,7 +119,14 @@ impl Metrics {
             "Activity events dropped because the queue was full",
             dropped_events.clone(),
         );
+        let spill_bytes = Gauge::default();
+        registry.register(
+            "activity_spill_bytes",
+            "Bytes of activity events waiting in the spill file for the database",
+            spill_bytes.clone(),
+        );
         Metrics {
+            spill_bytes,
             registry,
             requests,
             decisions,
@@ -165,8 +173,16 @@ impl Metrics {
     }
 
     /// The text exposition, with the gauges read now.
-    pub fn render(&self, approvals_held: usize, activity_queue: usize, policies: usize) -> String {
+    pub fn render(
+        &self,
+        approvals_held: usize,
+        activity_queue: usize,
+        policies: usize,
+        spill_bytes: u64,
+    ) -> String {
         let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.spill_bytes
+            .set(i64::try_from(spill_bytes).unwrap_or(i64::MAX));
         self.approvals_held.set(gauge(approvals_held));
         self.activity_queue.set(gauge(activity_queue));
         self.policies_loaded.set(gauge(policies));

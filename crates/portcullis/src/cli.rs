@@ -56,7 +56,8 @@ pub struct DatabaseOpts {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
-    /// Where Portcullis keeps its files (the embedded database, a generated secret key).
+    /// Where Portcullis keeps its files (the embedded database, a generated secret key, activity
+    /// events waiting for the database).
     #[arg(long, env = "PORTCULLIS_DATA_DIR", default_value = "./.portcullis")]
     pub data_dir: PathBuf,
 }

@@ -148,6 +148,7 @@ async fn serve(planes: Planes, opts: &ServerOpts, pool: &PgPool) -> anyhow::Resu
             redis_url: opts.redis_url.clone(),
             allow_private_upstreams: opts.allow_private_upstreams,
             console_url: Some(public_url.clone()),
+            spill_dir: Some(opts.database.data_dir.clone()),
             ..portcullis_gateway::GatewayConfig::default()
         };
         // Fails closed: a gateway that cannot load the published policies does not serve.

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use crate::Result;
 
 /// One decision, as the gateway records it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct NewEvent {
     /// UUIDv7: time-ordered.
     pub id: Uuid,
