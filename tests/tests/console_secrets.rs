@@ -222,6 +222,21 @@ async fn no_secret_appears_in_responses_logs_or_the_database() {
     let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     assert!(logs.contains("account created"), "the capture works");
     assert!(logs.contains("agent key rotated"));
+    // One span per MCP request, carrying who, what and the decision.
+    let decided = logs
+        .lines()
+        .find(|l| l.contains("decided") && l.contains("tool=\"echo\""))
+        .unwrap_or_else(|| panic!("no decision line for echo in:\n{logs}"));
+    for field in [
+        "mcp{",
+        "org=",
+        "server=",
+        "agent=",
+        "method=\"tools/call\"",
+        "decision=\"allow\"",
+    ] {
+        assert!(decided.contains(field), "{field} missing from {decided}");
+    }
     for secret in secrets {
         assert!(!logs.contains(secret), "a log line contains {secret:?}");
     }

@@ -94,6 +94,12 @@ impl ActivitySink {
     /// Queues an event (made safe to store); never waits. A full queue drops the event and says so in the log.
     pub fn record(&self, event: NewEvent) {
         self.metrics.decision(&event.decision, event.latency_ms);
+        let span = tracing::Span::current();
+        span.record("decision", event.decision.as_str());
+        if let Some(tool) = &event.tool {
+            span.record("tool", tracing::field::debug(tool));
+        }
+        tracing::debug!(rule = ?event.rule, latency_ms = ?event.latency_ms, "decided");
         if let Err(e) = self.tx.try_send(sanitize(event)) {
             self.metrics.event_dropped();
             tracing::error!(error = %e, "activity queue full: an event was dropped");

@@ -351,10 +351,37 @@ pub async fn post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    use tracing::Instrument as _;
+    // One span per MCP request; its fields are filled in as they become known (the decision by
+    // the activity sink), and every log line inside carries them.
+    let span = tracing::info_span!(
+        "mcp",
+        org = tracing::field::Empty,
+        server = tracing::field::Empty,
+        agent = tracing::field::Empty,
+        method = tracing::field::Empty,
+        tool = tracing::field::Empty,
+        decision = tracing::field::Empty,
+    );
+    post_in_span(gw, server, headers, body)
+        .instrument(span)
+        .await
+}
+
+async fn post_in_span(
+    gw: Arc<Gateway>,
+    server: String,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let caller = match admit(&gw, &server, &headers).await {
         Ok(c) => c,
         Err(r) => return r,
     };
+    let span = tracing::Span::current();
+    span.record("org", tracing::field::display(caller.agent.org_id));
+    span.record("server", tracing::field::display(caller.server_id));
+    span.record("agent", tracing::field::display(caller.agent.id));
     if !accepts_both(&headers) {
         return rpc_error(
             StatusCode::NOT_ACCEPTABLE,
@@ -380,11 +407,13 @@ pub async fn post(
         Err(e) => return rpc_error(StatusCode::BAD_REQUEST, None, e.to_error_object()),
     };
 
-    gw.metrics.request(match &message {
-        Message::Request(r) => &r.method,
-        Message::Notification(n) => &n.method,
+    let method = match &message {
+        Message::Request(r) => r.method.as_str(),
+        Message::Notification(n) => n.method.as_str(),
         _ => "response",
-    });
+    };
+    gw.metrics.request(method);
+    span.record("method", tracing::field::debug(method));
     if let Message::Request(req) = &message
         && req.method == "initialize"
     {
