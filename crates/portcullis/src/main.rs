@@ -11,7 +11,21 @@ use clap::Parser as _;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    init_tracing(cli.log_format);
+    // Every HTTPS client of the process (upstreams, webhooks, the trace exporter) uses rustls
+    // with ring.
+    portcullis_mcp::upstream::install_crypto_provider();
+    let traces = init_tracing(cli.log_format);
+    let code = run(cli);
+    // Send the spans still buffered before the process ends.
+    if let Some(provider) = traces
+        && let Err(e) = provider.shutdown()
+    {
+        eprintln!("warning: could not flush traces: {e}");
+    }
+    code
+}
+
+fn run(cli: cli::Cli) -> ExitCode {
     let result = match cli.command {
         cli::Command::Serve(opts) => serve::run(serve::Planes::Both, opts),
         cli::Command::Console(opts) => serve::run(serve::Planes::Console, opts),
@@ -31,18 +45,49 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(format: cli::LogFormat) {
+/// Logs to stderr (text or JSON lines) and, when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, traces
+/// to that OpenTelemetry collector over OTLP/HTTP (protobuf; the standard `OTEL_*` variables
+/// apply, e.g. `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_BSP_SCHEDULE_DELAY`).
+fn init_tracing(format: cli::LogFormat) -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
+    use opentelemetry::trace::TracerProvider as _;
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
     // Colours only for a person at a terminal, never in files or log collectors.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(ansi);
+    let provider = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .ok()
+        .filter(|e| !e.trim().is_empty())
+        .and_then(|_| {
+            match opentelemetry_otlp::SpanExporter::builder().with_http().build() {
+                Ok(exporter) => Some(
+                    opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                        .with_batch_exporter(exporter)
+                        .with_resource(
+                            opentelemetry_sdk::Resource::builder()
+                                .with_service_name("portcullis")
+                                .build(),
+                        )
+                        .build(),
+                ),
+                Err(e) => {
+                    eprintln!("warning: OTEL_EXPORTER_OTLP_ENDPOINT is set but traces cannot be exported: {e}");
+                    None
+                }
+            }
+        });
+    let otel = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("portcullis")));
+    let subscriber = tracing_subscriber::registry().with(otel).with(filter);
     match format {
-        cli::LogFormat::Json => builder.json().init(),
-        cli::LogFormat::Text => builder.init(),
+        cli::LogFormat::Json => subscriber.with(fmt.json()).init(),
+        cli::LogFormat::Text => subscriber.with(fmt).init(),
     }
+    provider
 }
