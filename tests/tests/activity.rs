@@ -155,6 +155,23 @@ async fn a_run_of_mixed_calls_is_logged_exactly_filtered_paged_and_exported() {
         .get("/api/v1/orgs/acme/activity?decision=maybe", &s.admin.token)
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    // Time: the last hour holds them all; since a minute from now, none.
+    assert_eq!(calls(&s, "&period=1h", 5).await.len(), 5);
+    let later = (chrono::Utc::now() + chrono::Duration::minutes(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let (_, none) = s
+        .app
+        .get(
+            &format!("/api/v1/orgs/acme/activity?since={later}"),
+            &s.admin.token,
+        )
+        .await;
+    assert_eq!(none["events"], json!([]));
+    let (status, _) = s
+        .app
+        .get("/api/v1/orgs/acme/activity?period=forever", &s.admin.token)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
 
     // Keyset pages: disjoint, complete, in order.
     let mut cursor = String::new();

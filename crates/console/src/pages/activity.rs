@@ -52,6 +52,7 @@ struct ActivityPage {
     servers: Vec<Choice>,
     agents: Vec<Choice>,
     decisions: Vec<Choice>,
+    periods: Vec<Choice>,
     tool: String,
     /// The filters as `&k=v…` (for links), and without the leading `&`.
     query: String,
@@ -95,6 +96,9 @@ fn filters(query: &ActivityQuery) -> String {
     }
     if let Some(d) = query.decision.as_deref().filter(|d| !d.is_empty()) {
         out.append_pair("decision", d);
+    }
+    if let Some(p) = query.period.as_deref().filter(|p| !p.is_empty()) {
+        out.append_pair("period", p);
     }
     out.finish()
 }
@@ -179,7 +183,20 @@ async fn page(
             selected: query.decision.as_deref() == Some(d),
         })
         .collect();
+    let periods = [
+        ("1h", "last hour"),
+        ("24h", "last 24 hours"),
+        ("7d", "last 7 days"),
+    ]
+    .iter()
+    .map(|(id, name)| Choice {
+        id: (*id).to_owned(),
+        name: (*name).to_owned(),
+        selected: query.period.as_deref() == Some(id),
+    })
+    .collect();
     Ok(render(&ActivityPage {
+        periods,
         nav: page.nav("activity"),
         flash: None,
         slug: page.slug().to_owned(),

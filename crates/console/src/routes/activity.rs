@@ -51,6 +51,10 @@ pub struct ActivityQuery {
     pub decision: Option<String>,
     /// Only events older than this event id: the `next` of the previous page.
     pub before: Option<Uuid>,
+    /// Only events at or after this time (RFC 3339).
+    pub since: Option<DateTime<Utc>>,
+    /// Only the last `1h`, `24h` or `7d` (instead of `since`).
+    pub period: Option<String>,
     /// At most this many (default 50, at most 500).
     pub limit: Option<i64>,
     /// Export only: `jsonl` (default) or `csv`.
@@ -67,13 +71,25 @@ impl ActivityQuery {
                 format!("decision must be one of {}", DECISIONS.join(", ")),
             ));
         }
+        let period = match self.period.as_deref().unwrap_or("") {
+            "" => None,
+            "1h" => Some(chrono::Duration::hours(1)),
+            "24h" => Some(chrono::Duration::hours(24)),
+            "7d" => Some(chrono::Duration::days(7)),
+            other => {
+                return Err(ApiError::bad_request(
+                    "bad_query",
+                    format!("period must be 1h, 24h or 7d, not {other:?}"),
+                ));
+            }
+        };
         Ok(Filter {
             server_id: self.server,
             agent_id: self.agent,
             tool: self.tool.clone().filter(|t| !t.is_empty()),
             decision: self.decision.clone().filter(|d| !d.is_empty()),
             before: self.before,
-            since: None,
+            since: period.map(|p| Utc::now() - p).or(self.since),
         })
     }
 }
