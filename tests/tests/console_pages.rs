@@ -522,4 +522,37 @@ async fn a_changed_tool_shows_its_diff_and_connect_rotates_an_existing_key_into_
         console::wait_until_refused(&app, gateway_url, &old_key).await,
         StatusCode::UNAUTHORIZED
     );
+    // For clients that take only a URL: the key inside it works like the header.
+    let key_url = format!("{gateway_url}/key/{new_key}");
+    assert!(
+        html.contains(&key_url),
+        "the page offers the URL with the key"
+    );
+    let mcp = portcullis_tests::client::connect(&key_url, None)
+        .await
+        .unwrap();
+    mcp.list_all_tools()
+        .await
+        .expect("tools/list through the URL with the key");
+    mcp.close().await.unwrap();
+    assert_eq!(
+        console::gateway_status(&app.http, &format!("{gateway_url}/key/{old_key}"), "unused").await,
+        StatusCode::BAD_REQUEST,
+        "a key in the URL and one in the header: refused"
+    );
+    let response = app
+        .http
+        .post(format!("{gateway_url}/key/{old_key}"))
+        .header("Accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                      "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                                 "clientInfo": {"name": "t", "version": "1"}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::UNAUTHORIZED,
+        "a rotated-out key in the URL"
+    );
 }

@@ -276,6 +276,12 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             "/mcp/{server}",
             post(mcp::post).get(mcp::get).delete(mcp::delete),
         )
+        .route(
+            "/mcp/{server}/key/{key}",
+            post(mcp::post_with_key)
+                .get(mcp::get_with_key)
+                .delete(mcp::delete_with_key),
+        )
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(gateway)
         .merge(health::router(db))

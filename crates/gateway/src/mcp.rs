@@ -1492,3 +1492,63 @@ pub async fn delete(
     }
     StatusCode::OK.into_response()
 }
+
+// ---------------------------------------------------------------------------------------------
+// The key in the URL
+
+/// `/mcp/{server}/key/{key}`, for MCP clients that accept only a URL: the agent key rides in
+/// the path instead of `Authorization`. The console offers this URL beside the key; no log
+/// line of the gateway carries a URI. A request that also sends `Authorization` is refused
+/// (400), so there is never a doubt about which key is used.
+fn key_into_headers(key: &str, headers: &mut HeaderMap) -> Result<(), Response> {
+    if headers.contains_key(header::AUTHORIZATION) {
+        return Err(rpc_error(
+            StatusCode::BAD_REQUEST,
+            None,
+            ErrorObject::new(
+                code::INVALID_REQUEST,
+                "Bad Request: the key is in the URL; do not send Authorization as well",
+            ),
+        ));
+    }
+    // A key that cannot be a header value is no key: the admission answers 401.
+    if let Ok(mut value) = HeaderValue::from_str(&format!("Bearer {key}")) {
+        value.set_sensitive(true);
+        headers.insert(header::AUTHORIZATION, value);
+    }
+    Ok(())
+}
+
+pub async fn post_with_key(
+    State(gw): State<Arc<Gateway>>,
+    Path((server, key)): Path<(String, String)>,
+    mut headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = key_into_headers(&key, &mut headers) {
+        return r;
+    }
+    post(State(gw), Path(server), headers, body).await
+}
+
+pub async fn get_with_key(
+    State(gw): State<Arc<Gateway>>,
+    Path((server, key)): Path<(String, String)>,
+    mut headers: HeaderMap,
+) -> Response {
+    if let Err(r) = key_into_headers(&key, &mut headers) {
+        return r;
+    }
+    get(State(gw), Path(server), headers).await
+}
+
+pub async fn delete_with_key(
+    State(gw): State<Arc<Gateway>>,
+    Path((server, key)): Path<(String, String)>,
+    mut headers: HeaderMap,
+) -> Response {
+    if let Err(r) = key_into_headers(&key, &mut headers) {
+        return r;
+    }
+    delete(State(gw), Path(server), headers).await
+}
