@@ -548,6 +548,21 @@ async fn each_held_call_posts_the_webhook_and_failures_are_retried_and_shown() {
         "{payload}"
     );
     assert_eq!(payload["approval"]["arguments"], json!({"service": "web"}));
+    // The URL is a credential: only admins read it.
+    let viewer = s.app.signup("vi@acme.test", "Own").await;
+    s.app
+        .post(
+            "/api/v1/orgs/acme/members",
+            &s.admin.token,
+            &json!({"email": "vi@acme.test", "role": "viewer"}),
+        )
+        .await;
+    let (_, seen) = s.app.get("/api/v1/orgs/acme/settings", &viewer.token).await;
+    let masked = seen["approval_webhook_url"].as_str().unwrap();
+    assert!(
+        masked.starts_with("http://127.0.0.1/") && !masked.contains("/hook"),
+        "{masked}"
+    );
     let delivered = eventually("delivered", Duration::from_secs(5), || async {
         let (_, settings) = s
             .app
@@ -675,4 +690,50 @@ async fn an_approval_is_bound_to_its_call_and_its_arguments() {
         .unwrap();
     assert_eq!(result_text(&refused), "[APPROVAL DENIED]");
     assert_eq!(s.upstream.calls("deploy_webapp"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_the_agent_ends_its_held_calls_and_they_can_no_longer_be_approved() {
+    let s = setup("5m").await;
+    let call = tokio::spawn({
+        let (url, key) = (s.gateway_url.clone(), s.key.clone());
+        async move {
+            let mcp = client::connect(&url, Some(&key)).await.unwrap();
+            let result = mcp.call("deploy_webapp", json!({"service": "web"})).await;
+            drop(mcp);
+            result
+        }
+    });
+    let held = pending(&s.app, &s.admin.token).await;
+    let id = held["id"].as_str().unwrap().to_owned();
+    let (_, agents) = s.app.get("/api/v1/orgs/acme/agents", &s.admin.token).await;
+    let agent = agents["agents"][0]["id"].as_str().unwrap().to_owned();
+    let (status, _) = s
+        .app
+        .delete(&format!("/api/v1/orgs/acme/agents/{agent}"), &s.admin.token)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let result = tokio::time::timeout(Duration::from_secs(10), call)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        result_text(&result),
+        "[POLICY DENIED] this agent's key was revoked or changed while the call waited"
+    );
+    eventually("abandoned", Duration::from_secs(5), || async {
+        (status_of(&s.app, &s.admin.token, &id).await == "abandoned").then_some(())
+    })
+    .await;
+    let (status, _) = s
+        .app
+        .post(
+            &format!("/api/v1/orgs/acme/approvals/{id}/approve"),
+            &s.admin.token,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(s.upstream.calls("deploy_webapp"), 0);
 }

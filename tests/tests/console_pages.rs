@@ -163,6 +163,25 @@ async fn sessions_csrf_and_security_headers() {
         assert!(cookie.contains(flag), "{cookie}");
     }
     assert!(!cookie.contains("Secure"), "plain http here: {cookie}");
+    // A log-in posted from another site is refused (it could sign a victim into an attacker's
+    // account).
+    for (name, value) in [
+        ("Origin", "http://evil.example"),
+        ("Sec-Fetch-Site", "cross-site"),
+    ] {
+        let response = browser()
+            .post(format!("{}/login", app.base_url))
+            .header(name, value)
+            .form(&[
+                ("email", "ada@acme.test"),
+                ("password", ada.password.as_str()),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{name}: {value}");
+        assert!(response.headers().get(SET_COOKIE).is_none());
+    }
     // Another site as `next` is ignored.
     let other = browser();
     let response = other

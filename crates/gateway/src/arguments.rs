@@ -12,8 +12,7 @@ use uuid::Uuid;
 
 /// How long an organization's choice is cached (a change takes effect within this).
 const TTL: Duration = Duration::from_secs(30);
-/// Parts of a key that mark its value as secret (compared case-insensitively).
-pub const SECRET_KEY_PARTS: [&str; 5] = ["password", "token", "secret", "key", "authorization"];
+pub use portcullis_store::activity::{SECRET_KEY_PARTS, redact};
 
 #[derive(Debug, Default)]
 pub struct ArgumentPolicy {
@@ -46,28 +45,6 @@ impl ArgumentPolicy {
             }
         };
         on.then(|| redact(arguments))
-    }
-}
-
-/// `value` with the value of every key that looks secret replaced by `"[redacted]"`.
-pub fn redact(value: &Value) -> Value {
-    match value {
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .map(|(k, v)| {
-                    let lower = k.to_ascii_lowercase();
-                    let secret = SECRET_KEY_PARTS.iter().any(|part| lower.contains(part));
-                    let shown = if secret {
-                        Value::String("[redacted]".into())
-                    } else {
-                        redact(v)
-                    };
-                    (k.clone(), shown)
-                })
-                .collect(),
-        ),
-        Value::Array(items) => Value::Array(items.iter().map(redact).collect()),
-        other => other.clone(),
     }
 }
 

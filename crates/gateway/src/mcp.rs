@@ -1015,8 +1015,6 @@ impl Ctx {
         event.reason = approval.reason.clone();
         self.gw.activity.record(event.clone());
         tracing::info!(approval = %id, tool, "call held for approval");
-        self.notify_webhook(id, &tool, &arguments, &approval, expires_at)
-            .await;
         let guard = self.gw.approvals.wait(id);
         let token = req
             .params
@@ -1025,9 +1023,24 @@ impl Ctx {
             .cloned();
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
         let ctx = self.clone();
+        let changed = agent_changed(self.gw.agent_changed.subscribe(), self.caller.agent.id);
         tokio::spawn(async move {
-            ctx.await_decision(req, id, approval, reservation, event, guard, token, tx)
+            // In the task, so a client that leaves at once still ends in `abandoned` with its
+            // reservation released.
+            ctx.notify_webhook(id, &tool, &arguments, &approval, expires_at)
                 .await;
+            ctx.await_decision(
+                req,
+                id,
+                approval,
+                reservation,
+                event,
+                guard,
+                token,
+                tx,
+                changed,
+            )
+            .await;
         });
         sse_response(futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
@@ -1066,7 +1079,7 @@ impl Ctx {
                 "id": id, "organization": slug,
                 "server": {"id": self.caller.server_id, "name": server},
                 "agent": {"id": self.caller.agent.id, "name": agent},
-                "tool": tool, "arguments": arguments, "rule": approval.rule,
+                "tool": tool, "arguments": crate::arguments::redact(arguments), "rule": approval.rule,
                 "reason": approval.reason, "expires_at": expires_at,
             },
         });
@@ -1094,7 +1107,9 @@ impl Ctx {
         guard: crate::approvals::WaitGuard,
         token: Option<Value>,
         tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+        agent_changed: impl Future<Output = ()>,
     ) {
+        let mut agent_changed = std::pin::pin!(agent_changed);
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + approval.timeout;
         let mut progress = tokio::time::interval(self.gw.config.approval_progress_interval);
@@ -1107,10 +1122,13 @@ impl Ctx {
             Denied(Option<String>),
             Expired,
             Gone,
+            /// The agent was revoked or its key changed while the call waited.
+            AgentChanged,
         }
         let end = loop {
             let check = tokio::select! {
                 () = tx.closed() => break End::Gone,
+                () = &mut agent_changed => break End::AgentChanged,
                 () = guard.notify.notified() => true,
                 _ = poll.tick() => true,
                 () = tokio::time::sleep_until(deadline) => break End::Expired,
@@ -1229,7 +1247,13 @@ impl Ctx {
             }
             End::Expired => {
                 self.gw.counters.release(reservation);
-                let _ = approvals::settle(&self.gw.db, id, "pending", "expired").await;
+                // Approved a moment too late counts as expired too: the call never ran.
+                if !approvals::settle(&self.gw.db, id, "pending", "expired")
+                    .await
+                    .unwrap_or(false)
+                {
+                    let _ = approvals::settle(&self.gw.db, id, "approved", "expired").await;
+                }
                 event.decision = "approval_expired".into();
                 event.reason = Some(approval.timed_out_text());
                 self.gw.activity.record(event);
@@ -1242,15 +1266,38 @@ impl Ctx {
                     ))))
                     .await;
             }
-            End::Gone => {
+            End::Gone | End::AgentChanged => {
                 self.gw.counters.release(reservation);
-                if approvals::settle(&self.gw.db, id, "pending", "abandoned")
+                let mut settled = approvals::settle(&self.gw.db, id, "pending", "abandoned")
                     .await
-                    .unwrap_or(false)
-                {
+                    .unwrap_or(false);
+                if !settled {
+                    settled = approvals::settle(&self.gw.db, id, "approved", "abandoned")
+                        .await
+                        .unwrap_or(false);
+                }
+                let agent_changed = matches!(end, End::AgentChanged);
+                if settled {
                     event.decision = "approval_abandoned".into();
-                    event.reason = Some("the client went away while waiting".into());
+                    event.reason = Some(
+                        if agent_changed {
+                            "the agent was revoked or its key changed while the call waited"
+                        } else {
+                            "the client went away while waiting"
+                        }
+                        .into(),
+                    );
                     self.gw.activity.record(event);
+                }
+                if agent_changed {
+                    let text = "[POLICY DENIED] this agent's key was revoked or changed while the call waited";
+                    let _ = tx
+                        .send(Ok(sse_bytes(&refusal_message(
+                            &req.id,
+                            text,
+                            &approval.rule,
+                        ))))
+                        .await;
                 }
             }
         }

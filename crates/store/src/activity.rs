@@ -209,3 +209,28 @@ pub async fn counts_since(
     .fetch_all(pool)
     .await?)
 }
+
+/// Parts of a key that mark its value as secret (compared case-insensitively).
+pub const SECRET_KEY_PARTS: [&str; 5] = ["password", "token", "secret", "key", "authorization"];
+
+/// `value` with the value of every key that looks secret replaced by `"[redacted]"`.
+pub fn redact(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let lower = k.to_ascii_lowercase();
+                    let secret = SECRET_KEY_PARTS.iter().any(|part| lower.contains(part));
+                    let shown = if secret {
+                        Value::String("[redacted]".into())
+                    } else {
+                        redact(v)
+                    };
+                    (k.clone(), shown)
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(redact).collect()),
+        other => other.clone(),
+    }
+}

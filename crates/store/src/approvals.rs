@@ -145,7 +145,9 @@ pub async fn decide(
 ) -> Result<Approval> {
     let done = sqlx::query!(
         "UPDATE approvals SET status = $3, decided_at = now(), decided_by = $4, note = $5
-         WHERE org_id = $1 AND id = $2 AND status = 'pending' AND expires_at > now()",
+         WHERE org_id = $1 AND id = $2 AND status = 'pending' AND expires_at > now()
+           AND NOT EXISTS (SELECT 1 FROM agents g
+                           WHERE g.id = approvals.agent_id AND g.revoked_at IS NOT NULL)",
         org_id,
         id,
         if approve { "approved" } else { "denied" },

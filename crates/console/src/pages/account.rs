@@ -68,7 +68,39 @@ fn signed_in(state: &ConsoleState, token: &str, target: &str) -> Response {
     response
 }
 
-async fn signup(State(state): State<ConsoleState>, form: FormData) -> Response {
+/// A sign-up or log-in posted from another site (a page that signs the victim into the
+/// attacker's account) is refused: browsers say where a form came from.
+fn cross_site(headers: &HeaderMap) -> bool {
+    if headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes() == b"cross-site")
+    {
+        return true;
+    }
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    match (
+        headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()),
+        host,
+    ) {
+        (Some("null"), _) => true,
+        (Some(origin), Some(host)) => origin
+            .split_once("://")
+            .is_none_or(|(_, rest)| rest != host),
+        _ => false,
+    }
+}
+
+fn refused_cross_site() -> Response {
+    PageError::Forbidden(
+        "This form was sent from another site. Open Portcullis and try again.".into(),
+    )
+    .into_response()
+}
+
+async fn signup(State(state): State<ConsoleState>, headers: HeaderMap, form: FormData) -> Response {
+    if cross_site(&headers) {
+        return refused_cross_site();
+    }
     let values = vec![
         ("email".to_owned(), form.text("email")),
         ("organization".to_owned(), form.text("organization")),
@@ -140,7 +172,15 @@ async fn login_form(Query(query): Query<Next>) -> Response {
     })
 }
 
-async fn login(State(state): State<ConsoleState>, addr: ClientAddr, form: FormData) -> Response {
+async fn login(
+    State(state): State<ConsoleState>,
+    addr: ClientAddr,
+    headers: HeaderMap,
+    form: FormData,
+) -> Response {
+    if cross_site(&headers) {
+        return refused_cross_site();
+    }
     let next = safe_next(form.get("next"));
     let request = LoginRequest {
         email: form.text("email"),

@@ -191,7 +191,8 @@ async fn decide(
             target_type: Some("approval"),
             target_id: Some(id),
             after: Some(
-                &serde_json::json!({"tool": decided.tool, "arguments": decided.arguments,
+                &serde_json::json!({"tool": decided.tool,
+                                    "arguments": portcullis_store::activity::redact(&decided.arguments),
                                              "note": decided.note}),
             ),
             ..Default::default()

@@ -85,7 +85,15 @@ pub(crate) async fn get_settings(
     State(state): State<ConsoleState>,
     access: OrgAccess,
 ) -> ApiResult<Json<SettingsView>> {
-    let settings = orgs::settings(state.db(), access.org_id()).await?;
+    let mut settings = orgs::settings(state.db(), access.org_id()).await?;
+    if !access.role.is_admin() {
+        // The URL is a credential (a Slack webhook's path is its secret): admins only.
+        settings.approval_webhook_url = settings
+            .approval_webhook_url
+            .as_deref()
+            .and_then(|u| url::Url::parse(u).ok())
+            .map(|u| format!("{}://{}/…", u.scheme(), u.host_str().unwrap_or_default()));
+    }
     Ok(Json(view(&state, access.org_id(), settings).await?))
 }
 
