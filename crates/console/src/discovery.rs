@@ -42,13 +42,7 @@ pub async fn discover_http(
         config = config.header(name, value);
     }
     let client = StreamableHttpClient::new(state.inner.http.clone(), config);
-    let shown = {
-        let mut u = url.clone();
-        let _ = u.set_password(None);
-        let _ = u.set_username("");
-        u.set_query(None);
-        u.to_string()
-    };
+    let shown = portcullis_mcp::upstream::display_url(url);
     let discovery = discover(&client, "portcullis-console")
         .await
         .map_err(|e| discovery_error(&shown, "/url", &e))?;

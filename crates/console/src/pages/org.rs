@@ -448,7 +448,8 @@ async fn save_settings(
         approval_webhook_url: Some((!webhook.is_empty()).then_some(webhook.clone())),
         store_argument_values: Some(form.get("store_argument_values") == Some("true")),
     };
-    let (flash, error, store_values) = match settings_routes::put_settings(
+    // The saved settings come back with the deliveries; only a refusal reads them again.
+    let (flash, error, store_values, deliveries) = match settings_routes::put_settings(
         State(state.clone()),
         page.access.clone(),
         Json(update),
@@ -459,16 +460,20 @@ async fn save_settings(
             Flash::ok("Settings saved."),
             None,
             saved.store_argument_values,
+            delivery_rows(&saved),
         ),
         Err(e) if e.status == StatusCode::FORBIDDEN => return Err(e.into()),
-        Err(e) => (
-            None,
-            Some(e.message),
-            form.get("store_argument_values") == Some("true"),
-        ),
+        Err(e) => {
+            let Json(current) =
+                settings_routes::get_settings(State(state.clone()), page.access.clone()).await?;
+            (
+                None,
+                Some(e.message),
+                form.get("store_argument_values") == Some("true"),
+                delivery_rows(&current),
+            )
+        }
     };
-    let Json(current) =
-        settings_routes::get_settings(State(state.clone()), page.access.clone()).await?;
     let status = if error.is_some() {
         StatusCode::UNPROCESSABLE_ENTITY
     } else {
@@ -485,7 +490,7 @@ async fn save_settings(
             webhook,
             store_values,
             error,
-            deliveries: delivery_rows(&current),
+            deliveries,
         }),
     )
         .into_response())

@@ -86,7 +86,7 @@ impl std::fmt::Debug for UpstreamConfig {
 }
 
 /// The URL without user info or query, which may hold secrets.
-pub(crate) fn display_url(url: &url::Url) -> String {
+pub fn display_url(url: &url::Url) -> String {
     let mut shown = url.clone();
     let _ = shown.set_username("");
     let _ = shown.set_password(None);
