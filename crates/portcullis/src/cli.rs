@@ -1,6 +1,7 @@
 //! The command line. Every flag also reads an environment variable: `PORTCULLIS_` plus the
 //! flag's name in capitals (`--listen` ↔ `PORTCULLIS_LISTEN`); `DATABASE_URL`, `REDIS_URL` and
-//! `PORTCULLIS_SECRET_KEY` keep their conventional names.
+//! `PORTCULLIS_SECRET_KEY` keep their conventional names. A TOML file (`--config`) can hold any
+//! of them too, under the flag's name (`listen = "0.0.0.0:8080"`): see `config.rs`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,6 +22,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// A TOML file of settings, named like the flags (`public_url = "https://…"`). A flag or an
+    /// environment variable wins over the file; the file wins over the defaults.
+    #[arg(long, global = true, env = "PORTCULLIS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -39,8 +45,14 @@ pub enum Command {
     Console(ServerOpts),
     /// Run the gateway (data plane) only; scale it horizontally behind a load balancer.
     Gateway(ServerOpts),
-    /// Apply pending database migrations, then exit.
+    /// Apply pending database migrations, then exit (safe to run from several processes at once).
     Migrate(DatabaseOpts),
+    /// Show the effective configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Check the database, Redis, the secret key, the public URL and the listen addresses, and say
+    /// in plain words what is wrong; exits 1 if anything would stop Portcullis from working.
+    Doctor(ServerOpts),
     /// Check and explain policy documents.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -174,6 +186,13 @@ impl ServerOpts {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective configuration as TOML, with where each value comes from (flag,
+    /// environment, file, default) and secrets masked.
+    Print(ServerOpts),
+}
+
+#[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
     /// Validate policy documents: prints every problem with its JSON pointer; exits 1 if any
     /// document is invalid.
@@ -226,7 +245,7 @@ mod tests {
         let serve = cmd.find_subcommand("serve").unwrap();
         for arg in serve.get_arguments() {
             let id = arg.get_id().as_str();
-            if matches!(id, "help" | "version" | "log_format") {
+            if matches!(id, "help" | "version" | "log_format" | "config") {
                 continue;
             }
             let env = arg

@@ -2,6 +2,8 @@
 
 mod classify_cmd;
 mod cli;
+mod config;
+mod doctor;
 mod policy_cmd;
 mod serve;
 
@@ -10,12 +12,20 @@ use std::process::ExitCode;
 use clap::Parser as _;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    // The configuration file's settings join the command line before it is parsed for real.
+    let layered = match config::layer(std::env::args_os().collect()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = cli::Cli::parse_from(&layered.argv);
     // Every HTTPS client of the process (upstreams, webhooks, the trace exporter) uses rustls
     // with ring.
     portcullis_mcp::upstream::install_crypto_provider();
     let traces = init_tracing(cli.log_format);
-    let code = run(cli);
+    let code = run(cli, &layered);
     // Send the spans still buffered before the process ends.
     if let Some(provider) = traces
         && let Err(e) = provider.shutdown()
@@ -25,7 +35,7 @@ fn main() -> ExitCode {
     code
 }
 
-fn run(cli: cli::Cli) -> ExitCode {
+fn run(cli: cli::Cli, layered: &config::Layered) -> ExitCode {
     let result = match cli.command {
         cli::Command::Serve(opts) => serve::run(serve::Planes::Both, opts),
         cli::Command::Console(opts) => serve::run(serve::Planes::Console, opts),
@@ -33,6 +43,14 @@ fn run(cli: cli::Cli) -> ExitCode {
         cli::Command::Migrate(opts) => serve::migrate(opts),
         cli::Command::Policy(cmd) => return policy_cmd::run(cmd),
         cli::Command::Classify(args) => return classify_cmd::run(&args),
+        cli::Command::Config(cli::ConfigCommand::Print(_)) => {
+            config::print(layered).map(|text| print!("{text}"))
+        }
+        cli::Command::Doctor(opts) => match doctor::run(&opts, layered.file.as_deref()) {
+            Ok(true) => return ExitCode::SUCCESS,
+            Ok(false) => return ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -72,7 +72,9 @@ impl Database {
     }
 }
 
-fn sqlx_options(url: &str) -> anyhow::Result<portcullis_store::embedded::PgConnectOptions> {
+pub(crate) fn sqlx_options(
+    url: &str,
+) -> anyhow::Result<portcullis_store::embedded::PgConnectOptions> {
     // The URL may hold a password: the error names the problem, never the URL.
     portcullis_store::embedded::PgConnectOptions::from_str(url)
         .map_err(|e| anyhow::anyhow!("DATABASE_URL is not a valid PostgreSQL URL: {e}"))

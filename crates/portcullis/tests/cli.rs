@@ -296,3 +296,257 @@ fn http_get(addr: &str, path: &str) -> (u16, String) {
     let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
     (status, body)
 }
+
+fn output_of(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A setting from the file is used unless an environment variable or a flag gives it; `config
+/// print` names each value's source and never prints a secret.
+#[test]
+fn the_config_file_sits_below_environment_and_flags_and_print_masks_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &file,
+        r#"
+listen = "127.0.0.1:9001"
+public-url = "https://file.example"
+admin_listen = "127.0.0.1:9002"
+database_url = "postgres://app:hunter2-db@db.internal:5432/pcl"
+redis_url = "redis://:hunter2-redis@cache:6379"
+secret_key = "c2VjcmV0LWtleS1zZWNyZXQta2V5LXNlY3JldC1rZXktMTIzNA=="
+allowed_origins = ["https://a.example", "https://b.example"]
+allow_private_upstreams = true
+upstream_timeout = 5
+"#,
+    )
+    .unwrap();
+    let (code, out, err) = output_of(
+        portcullis()
+            .args(["config", "print", "--listen", "127.0.0.1:9100"])
+            .arg("--config")
+            .arg(&file)
+            .env("PORTCULLIS_PUBLIC_URL", "https://env.example")
+            .env_remove("PORTCULLIS_PUBLIC_URL_UNUSED"),
+    );
+    assert_eq!(code, 0, "{err}");
+    let line = |key: &str| {
+        out.lines()
+            .find(|l| l.starts_with(&format!("{key} = ")))
+            .unwrap_or_else(|| panic!("no {key} in:\n{out}"))
+            .to_owned()
+    };
+    assert_eq!(line("listen"), r#"listen = "127.0.0.1:9100"  # flag"#);
+    assert_eq!(
+        line("public_url"),
+        r#"public_url = "https://env.example"  # environment (PORTCULLIS_PUBLIC_URL)"#
+    );
+    assert_eq!(
+        line("admin_listen"),
+        r#"admin_listen = "127.0.0.1:9002"  # file"#
+    );
+    assert_eq!(line("upstream_timeout"), "upstream_timeout = 5  # file");
+    assert_eq!(
+        line("allow_private_upstreams"),
+        "allow_private_upstreams = true  # file"
+    );
+    assert_eq!(
+        line("allowed_origins"),
+        r#"allowed_origins = ["https://a.example", "https://b.example"]  # file"#
+    );
+    assert_eq!(
+        line("max_body_bytes"),
+        "max_body_bytes = 4194304  # default"
+    );
+    assert_eq!(
+        line("database_url"),
+        r#"database_url = "postgres://app:****@db.internal:5432/pcl"  # file"#
+    );
+    assert_eq!(
+        line("redis_url"),
+        r#"redis_url = "redis://:****@cache:6379"  # file"#
+    );
+    assert_eq!(
+        line("secret_key"),
+        r#"secret_key = "(set, hidden)"  # file"#
+    );
+    for secret in ["hunter2", "c2VjcmV0"] {
+        assert!(
+            !out.contains(secret) && !err.contains(secret),
+            "{secret} leaked:\n{out}{err}"
+        );
+    }
+
+    // The printed configuration is itself a configuration file (secrets aside).
+    let printed = dir.path().join("printed.toml");
+    let without_secrets: String = out
+        .lines()
+        .filter(|l| !l.contains("****") && !l.contains("(set, hidden)"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&printed, without_secrets).unwrap();
+    let (code, again, err) = output_of(
+        portcullis()
+            .args(["config", "print"])
+            .arg("--config")
+            .arg(&printed),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        again.contains(r#"listen = "127.0.0.1:9100"  # file"#),
+        "{again}"
+    );
+}
+
+#[test]
+fn a_config_file_with_an_unknown_setting_or_bad_value_is_refused_in_plain_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("portcullis.toml");
+    std::fs::write(&file, "listen = \"127.0.0.1:0\"\nlisten_port = 8080\n").unwrap();
+    let (code, _, err) = output_of(portcullis().arg("--config").arg(&file).arg("doctor"));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("unknown setting `listen_port`") && err.contains("public_url"),
+        "{err}"
+    );
+
+    std::fs::write(&file, "upstream_timeout = \"soon\"\n").unwrap();
+    let (code, _, err) = output_of(portcullis().arg("--config").arg(&file).arg("doctor"));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("upstream-timeout") && err.contains("soon"),
+        "{err}"
+    );
+
+    std::fs::write(&file, "listen = [\n").unwrap();
+    let (code, _, err) = output_of(portcullis().arg("--config").arg(&file).arg("doctor"));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("is not valid TOML"), "{err}");
+
+    let (code, _, err) =
+        output_of(portcullis().args(["--config", "/nonexistent/portcullis.toml", "doctor"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("cannot read the configuration file /nonexistent/portcullis.toml"),
+        "{err}"
+    );
+}
+
+/// `doctor` against a working setup says so and exits 0; against a broken one it names every
+/// problem in plain words, exits 1, and never prints a secret.
+#[tokio::test]
+async fn doctor_names_what_is_wrong_and_what_is_right() {
+    let db = portcullis_store::testing::fresh_database().await.unwrap();
+    let key = "c2VjcmV0LWtleS1zZWNyZXQta2V5LXNlY3JldC1rZXktMTIzNA==";
+    let (code, out, err) = output_of(
+        portcullis()
+            .args([
+                "doctor",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--public-url", "https://mcp.example.com"])
+            .env("DATABASE_URL", db.url())
+            .env("REDIS_URL", "redis://127.0.0.1:6379")
+            .env("PORTCULLIS_SECRET_KEY", key),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    for expected in [
+        "ok    database     PostgreSQL ",
+        "schema up to date",
+        "ok    redis        127.0.0.1:6379 answers",
+        "ok    secret key   set",
+        "ok    public URL   https://mcp.example.com",
+        "Everything Portcullis needs is in place.",
+    ] {
+        assert!(out.contains(expected), "{expected:?} not in:\n{out}");
+    }
+
+    // Everything broken at once: each problem is reported, not just the first.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_addr = busy.local_addr().unwrap().to_string();
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let (code, out, err) = output_of(
+        portcullis()
+            .args([
+                "doctor",
+                "--listen",
+                &busy_addr,
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--public-url", "ftp://mcp.example.com"])
+            .env(
+                "DATABASE_URL",
+                format!("postgres://app:hunter2@127.0.0.1:{closed}/pcl"),
+            )
+            .env("REDIS_URL", format!("redis://:hunter3@127.0.0.1:{closed}"))
+            .env("PORTCULLIS_SECRET_KEY", "c2hvcnQ="),
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    for expected in [
+        &format!("FAIL  database     cannot connect to 127.0.0.1:{closed}/pcl") as &str,
+        &format!("FAIL  redis        cannot reach Redis at 127.0.0.1:{closed}: connection refused"),
+        "FAIL  secret key   PORTCULLIS_SECRET_KEY is unusable",
+        "FAIL  public URL   ftp://mcp.example.com must be an http:// or https:// URL",
+        &format!("warn  listen       {busy_addr} is already in use"),
+        "4 problem(s) would stop Portcullis from working.",
+    ] {
+        assert!(out.contains(expected), "{expected:?} not in:\n{out}");
+    }
+    for secret in ["hunter2", "hunter3", "c2hvcnQ="] {
+        assert!(
+            !out.contains(secret) && !err.contains(secret),
+            "{secret} leaked:\n{out}{err}"
+        );
+    }
+    drop(busy);
+}
+
+/// Several processes migrating one empty database at once: all succeed (sqlx holds an advisory
+/// lock), and each migration is applied exactly once.
+#[tokio::test]
+async fn migrate_from_several_processes_at_once_applies_each_migration_once() {
+    let db = portcullis_store::testing::empty_database().await.unwrap();
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            portcullis()
+                .arg("migrate")
+                .env("DATABASE_URL", db.url())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let applied: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT version, count(*) FROM _sqlx_migrations WHERE success GROUP BY version ORDER BY version",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let expected: Vec<(i64, i64)> = portcullis_store::MIGRATOR
+        .iter()
+        .map(|m| (m.version, 1))
+        .collect();
+    assert_eq!(applied, expected);
+}

@@ -85,6 +85,15 @@ fn template_name() -> String {
 
 /// Creates a fresh database migrated to the current schema, and a pool on it.
 pub async fn fresh_database() -> Result<TestDatabase> {
+    create_database(true).await
+}
+
+/// Creates an empty database (no schema at all), for tests of migrating itself.
+pub async fn empty_database() -> Result<TestDatabase> {
+    create_database(false).await
+}
+
+async fn create_database(migrated: bool) -> Result<TestDatabase> {
     let server = tokio::task::spawn_blocking(server_options)
         .await
         .map_err(|e| Error::Embedded(e.to_string()))??;
@@ -94,8 +103,13 @@ pub async fn fresh_database() -> Result<TestDatabase> {
         .connect()
         .await
         .map_err(Error::Unavailable)?;
-    let template = template_name();
-    ensure_template(&mut admin, &server, &template).await?;
+    let template = if migrated {
+        let template = template_name();
+        ensure_template(&mut admin, &server, &template).await?;
+        template
+    } else {
+        "template0".to_owned()
+    };
 
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
