@@ -74,6 +74,19 @@ pub struct DatabaseOpts {
     pub data_dir: PathBuf,
 }
 
+impl DatabaseOpts {
+    pub fn normalized(mut self) -> DatabaseOpts {
+        if self
+            .database_url
+            .as_deref()
+            .is_some_and(|v| v.trim().is_empty())
+        {
+            self.database_url = None;
+        }
+        self
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ServerOpts {
     /// Address to listen on for HTTP (console pages, API, and MCP clients).
@@ -111,6 +124,12 @@ pub struct ServerOpts {
     #[arg(long, env = "PORTCULLIS_SECRET_KEY", hide_env_values = true)]
     pub secret_key: Option<String>,
 
+    /// A file holding the secret key, generated there (mode 0600) if missing; processes sharing
+    /// the file's volume agree on one key even when they start at once. Default:
+    /// secret.key in the data directory. Ignored when --secret-key is given.
+    #[arg(long, env = "PORTCULLIS_SECRET_KEY_FILE")]
+    pub secret_key_file: Option<PathBuf>,
+
     /// Browser origins allowed to call the MCP endpoint, comma-separated (the public URL's
     /// origin is always allowed; requests without an Origin header, as MCP clients send them,
     /// are not affected).
@@ -140,6 +159,21 @@ pub struct ServerOpts {
 }
 
 impl ServerOpts {
+    /// An empty environment variable means "not set" (compose files write `VAR: ${VAR:-}`).
+    pub fn normalized(mut self) -> ServerOpts {
+        for value in [
+            &mut self.public_url,
+            &mut self.redis_url,
+            &mut self.secret_key,
+        ] {
+            if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                *value = None;
+            }
+        }
+        self.database = self.database.normalized();
+        self
+    }
+
     /// The `Host` values to serve: the configured ones, the public URL's, and for a loopback
     /// listener the loopback names. Empty (any host) only when listening on every address with
     /// neither a public URL nor a list: then the operator is told to set one.
@@ -174,6 +208,13 @@ impl ServerOpts {
             },
             None => url,
         }
+    }
+
+    /// Where the secret key is kept when it is not given directly.
+    pub fn secret_key_path(&self) -> PathBuf {
+        self.secret_key_file
+            .clone()
+            .unwrap_or_else(|| self.database.data_dir.join("secret.key"))
     }
 
     pub fn public_url(&self) -> String {

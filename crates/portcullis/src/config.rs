@@ -77,10 +77,17 @@ pub fn layer(argv: Vec<OsString>) -> anyhow::Result<Layered> {
         let Some(arg) = leaf_cmd.get_arguments().find(|a| a.get_id() == id.as_str()) else {
             continue; // a setting of another command
         };
-        if matches!(
-            leaf.value_source(&id),
-            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-        ) {
+        let given = match leaf.value_source(&id) {
+            Some(ValueSource::CommandLine) => true,
+            // An empty variable is "not set" (ServerOpts::normalized), so the file applies.
+            Some(ValueSource::EnvVariable) => leaf
+                .get_raw(&id)
+                .into_iter()
+                .flatten()
+                .any(|v| !v.is_empty()),
+            _ => false,
+        };
+        if given {
             continue;
         }
         let long = arg
@@ -178,6 +185,13 @@ pub fn print(layered: &Layered) -> anyhow::Result<String> {
             .flatten()
             .map(|v| v.to_string_lossy().into_owned())
             .collect();
+        // An empty variable means "not set" (ServerOpts::normalized).
+        if raw.iter().all(|v| v.trim().is_empty())
+            && !matches!(arg.get_action(), ArgAction::SetTrue)
+        {
+            out.push_str(&format!("# {id} = (not set: empty in the {source})\n"));
+            continue;
+        }
         let value = if matches!(arg.get_action(), ArgAction::SetTrue) {
             raw.first().cloned().unwrap_or_else(|| "false".into())
         } else if matches!(arg.get_action(), ArgAction::Append) {

@@ -85,13 +85,32 @@ fn secret_key(opts: &ServerOpts, report: &mut Report) {
             ),
         },
         None => {
-            let path = opts.database.data_dir.join("secret.key");
-            let kept = if path.exists() {
-                format!("the key kept in {}", path.display())
-            } else {
-                format!("a key generated at first start into {}", path.display())
+            let path = opts.secret_key_path();
+            let kept = match std::fs::read_to_string(&path) {
+                Ok(text) => match SecretKey::parse(&text) {
+                    Ok(_) => format!("the key kept in {}", path.display()),
+                    Err(e) => {
+                        return report.add(
+                            Level::Fail,
+                            "secret key",
+                            format!("{} holds no usable key: {e}", path.display()),
+                        );
+                    }
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    format!("a key generated at first start into {}", path.display())
+                }
+                Err(e) => {
+                    return report.add(
+                        Level::Fail,
+                        "secret key",
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                }
             };
-            if opts.database.database_url.is_some() {
+            if opts.secret_key_file.is_some() {
+                report.add(Level::Ok, "secret key", format!("using {kept}"));
+            } else if opts.database.database_url.is_some() {
                 report.add(
                     Level::Warn,
                     "secret key",

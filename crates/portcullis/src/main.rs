@@ -37,20 +37,22 @@ fn main() -> ExitCode {
 
 fn run(cli: cli::Cli, layered: &config::Layered) -> ExitCode {
     let result = match cli.command {
-        cli::Command::Serve(opts) => serve::run(serve::Planes::Both, opts),
-        cli::Command::Console(opts) => serve::run(serve::Planes::Console, opts),
-        cli::Command::Gateway(opts) => serve::run(serve::Planes::Gateway, opts),
-        cli::Command::Migrate(opts) => serve::migrate(opts),
+        cli::Command::Serve(opts) => serve::run(serve::Planes::Both, opts.normalized()),
+        cli::Command::Console(opts) => serve::run(serve::Planes::Console, opts.normalized()),
+        cli::Command::Gateway(opts) => serve::run(serve::Planes::Gateway, opts.normalized()),
+        cli::Command::Migrate(opts) => serve::migrate(opts.normalized()),
         cli::Command::Policy(cmd) => return policy_cmd::run(cmd),
         cli::Command::Classify(args) => return classify_cmd::run(&args),
         cli::Command::Config(cli::ConfigCommand::Print(_)) => {
             config::print(layered).map(|text| print!("{text}"))
         }
-        cli::Command::Doctor(opts) => match doctor::run(&opts, layered.file.as_deref()) {
-            Ok(true) => return ExitCode::SUCCESS,
-            Ok(false) => return ExitCode::FAILURE,
-            Err(e) => Err(e),
-        },
+        cli::Command::Doctor(opts) => {
+            match doctor::run(&opts.normalized(), layered.file.as_deref()) {
+                Ok(true) => return ExitCode::SUCCESS,
+                Ok(false) => return ExitCode::FAILURE,
+                Err(e) => Err(e),
+            }
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -217,14 +217,16 @@ async fn serve(planes: Planes, opts: &ServerOpts, pool: &PgPool) -> anyhow::Resu
     Ok(())
 }
 
-/// The secret key: PORTCULLIS_SECRET_KEY, or one generated once and kept in the data directory.
+/// The secret key: PORTCULLIS_SECRET_KEY, or the key file (generated once if missing).
 fn secret_key(opts: &ServerOpts) -> anyhow::Result<SecretKey> {
     match &opts.secret_key {
         Some(text) => Ok(SecretKey::parse(text).context("PORTCULLIS_SECRET_KEY")?),
         None => {
-            let (key, generated) = SecretKey::load_or_generate(&opts.database.data_dir)?;
-            let path = opts.database.data_dir.join("secret.key");
-            if generated {
+            let path = opts.secret_key_path();
+            let (key, generated) = SecretKey::load_or_generate(&path)?;
+            if opts.secret_key_file.is_some() {
+                tracing::info!(path = %path.display(), generated, "secret key from PORTCULLIS_SECRET_KEY_FILE");
+            } else if generated {
                 tracing::warn!(path = %path.display(), "PORTCULLIS_SECRET_KEY is not set: generated a secret key and kept it in the data directory; set PORTCULLIS_SECRET_KEY in production, the same on every process");
             } else {
                 tracing::warn!(path = %path.display(), "PORTCULLIS_SECRET_KEY is not set: using the key kept in the data directory");

@@ -223,6 +223,8 @@ fn serve_starts_with_no_configuration_and_stops_cleanly() {
         ])
         .arg("--data-dir")
         .arg(&data)
+        // As compose's `PORTCULLIS_SECRET_KEY: ${PORTCULLIS_SECRET_KEY:-}` passes it: not set.
+        .env("PORTCULLIS_SECRET_KEY", "")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -333,7 +335,9 @@ upstream_timeout = 5
             .arg("--config")
             .arg(&file)
             .env("PORTCULLIS_PUBLIC_URL", "https://env.example")
-            .env_remove("PORTCULLIS_PUBLIC_URL_UNUSED"),
+            // Empty, as compose's `VAR: ${VAR:-}` writes it: not set, so the file's value holds.
+            .env("REDIS_URL", "")
+            .env("PORTCULLIS_ALLOWED_HOSTS", ""),
     );
     assert_eq!(code, 0, "{err}");
     let line = |key: &str| {
@@ -352,6 +356,12 @@ upstream_timeout = 5
         r#"admin_listen = "127.0.0.1:9002"  # file"#
     );
     assert_eq!(line("upstream_timeout"), "upstream_timeout = 5  # file");
+    assert!(
+        out.contains(
+            "# allowed_hosts = (not set: empty in the environment (PORTCULLIS_ALLOWED_HOSTS))"
+        ),
+        "{out}"
+    );
     assert_eq!(
         line("allow_private_upstreams"),
         "allow_private_upstreams = true  # file"

@@ -70,30 +70,46 @@ impl SecretKey {
         Ok(SecretKey(random_bytes::<32>()?.to_vec()))
     }
 
-    /// The key in `{dir}/secret.key`, generated (mode 0600) if the file does not exist. Returns
+    /// The key in the file at `path`, generated (mode 0600) if the file does not exist. Returns
     /// whether it was generated, so the caller can warn that a real deployment should set one.
-    pub fn load_or_generate(dir: &Path) -> Result<(SecretKey, bool), KeyError> {
-        let path = dir.join("secret.key");
+    ///
+    /// Safe when several processes sharing a volume start at once: the new key is written to a
+    /// file of its own and hard-linked into place, which fails if another process got there
+    /// first; then that process's complete key is read, so every process ends with the same key.
+    pub fn load_or_generate(path: &Path) -> Result<(SecretKey, bool), KeyError> {
         let file_err = |source| KeyError::File {
             path: path.display().to_string(),
             source,
         };
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Ok((SecretKey::parse(&text)?, false)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(dir).map_err(file_err)?;
-                let key = SecretKey::generate()?;
-                let text = base64::engine::general_purpose::STANDARD.encode(&key.0);
-                use std::io::Write as _;
-                use std::os::unix::fs::OpenOptionsExt as _;
-                let mut file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&path)
-                    .map_err(file_err)?;
-                file.write_all(text.as_bytes()).map_err(file_err)?;
-                Ok((key, true))
+        match std::fs::read_to_string(path) {
+            Ok(text) => return Ok((SecretKey::parse(&text)?, false)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(file_err(e)),
+        }
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(file_err)?;
+        let key = SecretKey::generate()?;
+        let text = base64::engine::general_purpose::STANDARD.encode(&key.0);
+        let suffix: [u8; 8] = random_bytes()?;
+        let temp = dir.join(format!(".secret.key.{}", hex(&suffix)));
+        let written = (|| {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&temp)?;
+            file.write_all(text.as_bytes())?;
+            file.sync_all()?;
+            std::fs::hard_link(&temp, path)
+        })();
+        let _ = std::fs::remove_file(&temp);
+        match written {
+            Ok(()) => Ok((key, true)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let text = std::fs::read_to_string(path).map_err(file_err)?;
+                Ok((SecretKey::parse(&text)?, false))
             }
             Err(e) => Err(file_err(e)),
         }
@@ -198,6 +214,10 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
@@ -281,9 +301,10 @@ mod tests {
     #[test]
     fn a_generated_key_is_kept_in_the_data_directory() {
         let dir = tempfile::tempdir().unwrap();
-        let (first, generated) = SecretKey::load_or_generate(dir.path()).unwrap();
+        let path = dir.path().join("secret.key");
+        let (first, generated) = SecretKey::load_or_generate(&path).unwrap();
         assert!(generated);
-        let (second, generated) = SecretKey::load_or_generate(dir.path()).unwrap();
+        let (second, generated) = SecretKey::load_or_generate(&path).unwrap();
         assert!(!generated);
         assert_eq!(first.derive("x"), second.derive("x"));
         use std::os::unix::fs::PermissionsExt as _;
@@ -292,5 +313,23 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+        // No temporary file is left beside it.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    /// Processes starting at once on a shared volume all end with the one key that was kept.
+    #[test]
+    fn racing_generators_agree_on_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shared/secret.key");
+        let keys: Vec<(SecretKey, bool)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| SecretKey::load_or_generate(&path).unwrap()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let kept = SecretKey::parse(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert!(keys.iter().all(|(k, _)| k.derive("x") == kept.derive("x")));
+        assert_eq!(keys.iter().filter(|(_, generated)| *generated).count(), 1);
     }
 }
