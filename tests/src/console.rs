@@ -12,14 +12,27 @@ use portcullis_store::testing::{TestDatabase, fresh_database};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-/// The console and a gateway on one address.
+/// The console and a gateway on one address. Its API calls are [`Api`]'s (through `Deref`).
 pub struct TestApp {
-    /// `http://127.0.0.1:PORT`
-    pub base_url: String,
+    pub api: Api,
     pub db: TestDatabase,
     pub gateway: Arc<Gateway>,
-    pub http: reqwest::Client,
     task: tokio::task::JoinHandle<()>,
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+/// A client of a console's JSON API, in this process or another.
+#[derive(Debug, Clone)]
+pub struct Api {
+    /// `http://127.0.0.1:PORT`
+    pub base_url: String,
+    pub http: reqwest::Client,
 }
 
 impl Drop for TestApp {
@@ -78,11 +91,20 @@ impl TestApp {
             .ok();
         });
         TestApp {
-            base_url,
+            api: Api::new(&base_url),
             db,
             gateway,
-            http: reqwest::Client::new(),
             task,
+        }
+    }
+}
+
+impl Api {
+    pub fn new(base_url: &str) -> Api {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Api {
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            http: reqwest::Client::new(),
         }
     }
 

@@ -13,7 +13,7 @@ use portcullis_store::orgs::{self, NewAccount};
 use portcullis_store::policies;
 use portcullis_store::servers::{self, NewServer, ServerSecrets};
 use portcullis_store::testing::{TestDatabase, fresh_database};
-use serde_json::Value;
+use serde_json::{Value, json};
 use uuid::Uuid;
 
 /// A gateway with one organization, one server and one agent.
@@ -283,4 +283,85 @@ impl TestGateway {
             task,
         }
     }
+}
+
+// Raw Streamable HTTP, for tests that need to see exactly what crosses the wire (session ids
+// moving between gateway processes, statuses, SSE framing).
+
+const ACCEPT: &str = "application/json, text/event-stream";
+
+/// POSTs one JSON-RPC message with the agent `key` and, if any, the session id.
+pub async fn rpc(url: &str, key: &str, session: Option<&str>, body: Value) -> reqwest::Response {
+    let mut req = reqwest::Client::new()
+        .post(url)
+        .header("accept", ACCEPT)
+        .bearer_auth(key)
+        .json(&body);
+    if let Some(s) = session {
+        req = req.header("mcp-session-id", s);
+    }
+    req.send().await.unwrap()
+}
+
+/// `initialize` then `notifications/initialized`; answers the session id.
+pub async fn initialize(url: &str, key: &str) -> String {
+    let resp = rpc(
+        url,
+        key,
+        None,
+        json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let session = resp.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let ack = rpc(
+        url,
+        key,
+        Some(&session),
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    )
+    .await;
+    assert_eq!(ack.status(), 202);
+    session
+}
+
+/// The text of a tools/call answer, JSON or SSE.
+pub async fn call_text(
+    url: &str,
+    key: &str,
+    session: &str,
+    id: u64,
+    tool: &str,
+    args: Value,
+) -> String {
+    let resp = rpc(
+        url,
+        key,
+        Some(session),
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": tool, "arguments": args}}),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let is_sse = resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream");
+    let body = resp.text().await.unwrap();
+    let message: Value = if is_sse {
+        body.lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+            .find(|m| m["id"] == json!(id))
+            .unwrap_or_else(|| panic!("no answer in {body}"))
+    } else {
+        serde_json::from_str(&body).unwrap()
+    };
+    message["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }

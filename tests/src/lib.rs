@@ -6,6 +6,7 @@
 //! - [`everything`]: `@modelcontextprotocol/server-everything` (Node), the reference MCP server.
 //! - [`gateway`]: a running gateway on a fresh database.
 //! - [`console`]: the console API and a gateway on one port, as `portcullis serve` runs them.
+//! - [`process`]: the `portcullis` binary as separate processes sharing a database (a fleet).
 
 use std::path::PathBuf;
 
@@ -15,6 +16,7 @@ pub mod console;
 pub mod everything;
 pub mod fake_mcp;
 pub mod gateway;
+pub mod process;
 pub mod upstream;
 
 /// The workspace root.

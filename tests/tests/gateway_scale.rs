@@ -5,54 +5,15 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use portcullis_gateway::GatewayConfig;
-use portcullis_tests::gateway::{self, redis_url};
+use portcullis_tests::gateway::{self, call_text, initialize, redis_url};
 use portcullis_tests::upstream::TestUpstream;
-use serde_json::{Value, json};
-
-const ACCEPT: &str = "application/json, text/event-stream";
+use serde_json::json;
 
 fn with_redis() -> GatewayConfig {
     GatewayConfig {
         redis_url: Some(redis_url()),
         ..gateway::test_config()
     }
-}
-
-async fn rpc(url: &str, key: &str, session: Option<&str>, body: Value) -> reqwest::Response {
-    let mut req = reqwest::Client::new()
-        .post(url)
-        .header("accept", ACCEPT)
-        .bearer_auth(key)
-        .json(&body);
-    if let Some(s) = session {
-        req = req.header("mcp-session-id", s);
-    }
-    req.send().await.unwrap()
-}
-
-async fn initialize(url: &str, key: &str) -> String {
-    let resp = rpc(
-        url,
-        key,
-        None,
-        json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}),
-    )
-    .await;
-    assert_eq!(resp.status(), 200);
-    let session = resp.headers()["mcp-session-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let ack = rpc(
-        url,
-        key,
-        Some(&session),
-        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
-    )
-    .await;
-    assert_eq!(ack.status(), 202);
-    session
 }
 
 /// The session's GET stream, as bytes.
@@ -70,43 +31,6 @@ async fn open_stream(
         .unwrap();
     assert_eq!(stream.status(), 200);
     stream.bytes_stream()
-}
-
-/// The text of a tools/call answer, JSON or SSE.
-async fn call_text(
-    url: &str,
-    key: &str,
-    session: &str,
-    id: u64,
-    tool: &str,
-    args: Value,
-) -> String {
-    let resp = rpc(
-        url,
-        key,
-        Some(session),
-        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": tool, "arguments": args}}),
-    )
-    .await;
-    assert_eq!(resp.status(), 200);
-    let is_sse = resp.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/event-stream");
-    let body = resp.text().await.unwrap();
-    let message: Value = if is_sse {
-        body.lines()
-            .filter_map(|l| l.strip_prefix("data:"))
-            .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
-            .find(|m| m["id"] == json!(id))
-            .unwrap_or_else(|| panic!("no answer in {body}"))
-    } else {
-        serde_json::from_str(&body).unwrap()
-    };
-    message["result"]["content"][0]["text"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
 }
 
 #[tokio::test]

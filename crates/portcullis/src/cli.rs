@@ -47,6 +47,10 @@ pub enum Command {
     Gateway(ServerOpts),
     /// Apply pending database migrations, then exit (safe to run from several processes at once).
     Migrate(DatabaseOpts),
+    /// Replace the secret key: re-seals every upstream credential under the new key in one
+    /// transaction (and rewrites the key file when the current key came from it). Then restart
+    /// every process with the new key: people log in again, MCP clients start new sessions.
+    RotateKey(RotateKeyOpts),
     /// Show the effective configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -224,6 +228,25 @@ impl ServerOpts {
             .trim_end_matches('/')
             .to_owned()
     }
+}
+
+#[derive(Debug, Args)]
+pub struct RotateKeyOpts {
+    /// The key in use now (unset: the key file's).
+    #[arg(long, env = "PORTCULLIS_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<String>,
+
+    /// The key file in use now, rewritten with the new key (default: secret.key in the data
+    /// directory).
+    #[arg(long, env = "PORTCULLIS_SECRET_KEY_FILE")]
+    pub secret_key_file: Option<PathBuf>,
+
+    /// The new key (at least 32 bytes, base64 or hex; `openssl rand -base64 32`).
+    #[arg(long, env = "PORTCULLIS_NEW_SECRET_KEY", hide_env_values = true)]
+    pub new_secret_key: String,
+
+    #[command(flatten)]
+    pub database: DatabaseOpts,
 }
 
 #[derive(Debug, Subcommand)]

@@ -41,6 +41,7 @@ fn run(cli: cli::Cli, layered: &config::Layered) -> ExitCode {
         cli::Command::Console(opts) => serve::run(serve::Planes::Console, opts.normalized()),
         cli::Command::Gateway(opts) => serve::run(serve::Planes::Gateway, opts.normalized()),
         cli::Command::Migrate(opts) => serve::migrate(opts.normalized()),
+        cli::Command::RotateKey(opts) => serve::rotate_key(opts),
         cli::Command::Policy(cmd) => return policy_cmd::run(cmd),
         cli::Command::Classify(args) => return classify_cmd::run(&args),
         cli::Command::Config(cli::ConfigCommand::Print(_)) => {

@@ -10,7 +10,7 @@ use portcullis_store::crypto::SecretKey;
 use portcullis_store::embedded::EmbeddedPostgres;
 use tokio::net::TcpListener;
 
-use crate::cli::{DatabaseOpts, ServerOpts};
+use crate::cli::{DatabaseOpts, RotateKeyOpts, ServerOpts};
 
 /// Which planes a process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +93,64 @@ pub fn migrate(opts: DatabaseOpts) -> anyhow::Result<()> {
         db.close().await;
         outcome?;
         tracing::info!("migrations applied");
+        Ok(())
+    })
+}
+
+/// `rotate-key`: re-seal the credentials under the new key, then keep the new key where the old
+/// one was kept (the key file) or tell the operator to set it.
+pub fn rotate_key(opts: RotateKeyOpts) -> anyhow::Result<()> {
+    let new = SecretKey::parse(&opts.new_secret_key).context("PORTCULLIS_NEW_SECRET_KEY")?;
+    let key_file = opts
+        .secret_key_file
+        .clone()
+        .unwrap_or_else(|| opts.database.data_dir.join("secret.key"));
+    let (old, from_file) = match opts.secret_key.as_deref().filter(|k| !k.trim().is_empty()) {
+        Some(text) => (
+            SecretKey::parse(text).context("PORTCULLIS_SECRET_KEY")?,
+            false,
+        ),
+        None => {
+            let text = std::fs::read_to_string(&key_file).with_context(|| {
+                format!(
+                    "PORTCULLIS_SECRET_KEY is not set and the key file {} cannot be read",
+                    key_file.display()
+                )
+            })?;
+            (SecretKey::parse(&text).context("the key file")?, true)
+        }
+    };
+    let purpose = portcullis_store::servers::CREDENTIALS_PURPOSE;
+    let (old_sealer, new_sealer) = (
+        portcullis_store::crypto::Sealer::new(&old, purpose),
+        portcullis_store::crypto::Sealer::new(&new, purpose),
+    );
+    runtime()?.block_on(async {
+        let db = Database::open(&opts.database.normalized()).await?;
+        let resealed =
+            portcullis_store::servers::reseal_credentials(&db.pool, &old_sealer, &new_sealer).await;
+        db.close().await;
+        let count = resealed.context("cannot re-seal the upstream credentials")?;
+        tracing::info!(servers = count, "upstream credentials re-sealed under the new key");
+        if from_file {
+            // Written beside and renamed over, so the file is never half-written.
+            let temp = key_file.with_extension("key.new");
+            std::fs::write(&temp, opts.new_secret_key.trim())
+                .and_then(|()| {
+                    use std::os::unix::fs::PermissionsExt as _;
+                    std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o600))
+                })
+                .and_then(|()| std::fs::rename(&temp, &key_file))
+                .with_context(|| format!("credentials re-sealed, but {} could not be rewritten: write the new key there yourself", key_file.display()))?;
+            println!(
+                "Re-sealed the credentials of {count} server(s) and wrote the new key to {}. Restart every Portcullis process: people log in again and MCP clients start new sessions.",
+                key_file.display()
+            );
+        } else {
+            println!(
+                "Re-sealed the credentials of {count} server(s). Set PORTCULLIS_SECRET_KEY to the new key on every Portcullis process and restart them: people log in again and MCP clients start new sessions."
+            );
+        }
         Ok(())
     })
 }

@@ -2,62 +2,13 @@
 //! `portcullis gateway` binary (a process of its own) is approved through the console of another
 //! process, and completes. The decision crosses processes through PostgreSQL's NOTIFY.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use portcullis_tests::console::{TestApp, eventually};
+use portcullis_tests::process::{Fleet, new_secret_key};
 use portcullis_tests::upstream::TestUpstream;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-
-/// The binary's gateway plane, on its own port, against the test database; killed on drop.
-struct GatewayProcess {
-    url: String,
-    _child: tokio::process::Child,
-}
-
-async fn gateway_process(database_url: &str) -> GatewayProcess {
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port()
-    };
-    let (port, admin) = (free(), free());
-    let key = format!(
-        "{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    );
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["gateway", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-        .args(["--allow-private-upstreams", "--no-migrate"])
-        .env("DATABASE_URL", database_url)
-        .env("PORTCULLIS_SECRET_KEY", key)
-        .env_remove("REDIS_URL")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the portcullis binary starts");
-    let url = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    eventually(
-        "the gateway process serves",
-        Duration::from_secs(30),
-        || async {
-            http.get(format!("{url}/healthz"))
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status().is_success())
-                .map(|_| ())
-        },
-    )
-    .await;
-    GatewayProcess { url, _child: child }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_held_by_one_gateway_process_is_approved_through_another_and_completes() {
@@ -90,7 +41,14 @@ async fn a_call_held_by_one_gateway_process_is_approved_through_another_and_comp
         .await;
     let key = agent["key"].as_str().unwrap().to_owned();
 
-    let other = gateway_process(&app.db.url()).await;
+    let other = Fleet {
+        bin: env!("CARGO_BIN_EXE_portcullis").into(),
+        database_url: app.db.url(),
+        secret_key: new_secret_key(),
+        redis_url: None,
+    }
+    .start("gateway")
+    .await;
     let mcp_url = format!("{}/mcp/{sid}", other.url);
     let call = tokio::spawn(async move {
         let mcp = portcullis_tests::client::connect(&mcp_url, Some(&key))

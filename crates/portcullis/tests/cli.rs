@@ -560,3 +560,119 @@ async fn migrate_from_several_processes_at_once_applies_each_migration_once() {
         .collect();
     assert_eq!(applied, expected);
 }
+
+/// `rotate-key` re-seals upstream credentials under the new key (all or nothing), refuses a
+/// wrong current key without changing anything, and rewrites the key file when the key came
+/// from it.
+#[tokio::test]
+async fn rotate_key_reseals_credentials_and_refuses_a_wrong_current_key() {
+    use portcullis_store::crypto::{Sealer, SecretKey};
+    use portcullis_store::servers::{self, CREDENTIALS_PURPOSE, NewServer, ServerSecrets};
+    let db = portcullis_store::testing::fresh_database().await.unwrap();
+    let (_, org) = portcullis_store::orgs::create_account(
+        &db.pool,
+        &portcullis_store::orgs::NewAccount {
+            email: "ops@keys.test",
+            password_hash: "unused",
+            org_slug: "keys",
+            org_name: "Keys",
+        },
+    )
+    .await
+    .unwrap();
+    let [a, b, c] = [0, 1, 2].map(|_| {
+        format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        )
+    });
+    let sealer = |k: &str| Sealer::new(&SecretKey::parse(k).unwrap(), CREDENTIALS_PURPOSE);
+    let id = portcullis_store::new_id();
+    let headers = br#"{"Authorization":"Bearer upstream-token-1"}"#;
+    servers::insert(
+        &db.pool,
+        org.id,
+        &NewServer {
+            id,
+            name: "billing",
+            url: Some("https://billing.example/mcp"),
+            command: None,
+            header_names: &["Authorization".to_owned()],
+            secrets: ServerSecrets {
+                headers_enc: Some(sealer(&a).seal(headers, id.as_bytes()).unwrap()),
+                env_enc: None,
+            },
+            transport_requested: "auto",
+            transport: "streamable_http",
+            protocol_version: None,
+            server_info: None,
+        },
+    )
+    .await
+    .unwrap();
+    let opens_with = |k: String| {
+        let pool = db.pool.clone();
+        async move {
+            let sealed = servers::secrets(&pool, org.id, id)
+                .await
+                .unwrap()
+                .headers_enc
+                .unwrap();
+            sealer(&k).open(&sealed, id.as_bytes())
+        }
+    };
+
+    let (code, out, err) = output_of(
+        portcullis()
+            .arg("rotate-key")
+            .env("DATABASE_URL", db.url())
+            .env("PORTCULLIS_SECRET_KEY", &a)
+            .env("PORTCULLIS_NEW_SECRET_KEY", &b),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("Re-sealed the credentials of 1 server(s)"),
+        "{out}"
+    );
+    assert_eq!(opens_with(b.clone()).await.as_deref(), Some(&headers[..]));
+    assert_eq!(opens_with(a.clone()).await, None);
+
+    // The old key again is now the wrong key: refused, nothing changed.
+    let (code, out, err) = output_of(
+        portcullis()
+            .arg("rotate-key")
+            .env("DATABASE_URL", db.url())
+            .env("PORTCULLIS_SECRET_KEY", &a)
+            .env("PORTCULLIS_NEW_SECRET_KEY", &c),
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(&format!(
+            "the credentials of server {id} do not open with the current key"
+        )),
+        "{err}"
+    );
+    assert_eq!(opens_with(b.clone()).await.as_deref(), Some(&headers[..]));
+    for secret in [&a, &b, &c] {
+        assert!(!out.contains(secret.as_str()) && !err.contains(secret.as_str()));
+    }
+
+    // The current key from the key file: the file ends holding the new key.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret.key"), &b).unwrap();
+    let (code, out, err) = output_of(
+        portcullis()
+            .arg("rotate-key")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("DATABASE_URL", db.url())
+            .env("PORTCULLIS_NEW_SECRET_KEY", &c),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("secret.key")).unwrap(),
+        c
+    );
+    assert_eq!(opens_with(c.clone()).await.as_deref(), Some(&headers[..]));
+}

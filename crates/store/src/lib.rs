@@ -46,6 +46,9 @@ pub enum Error {
     /// The embedded cluster could not be created, started or stopped.
     #[error("embedded PostgreSQL: {0}")]
     Embedded(String),
+    /// Sealed data does not open with the key given, or cannot be sealed.
+    #[error("{0}")]
+    Key(String),
 }
 
 impl From<sqlx::Error> for Error {

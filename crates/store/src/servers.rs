@@ -306,6 +306,52 @@ fn write_canonical(value: &Value, out: &mut String) {
     }
 }
 
+/// Re-seals every server's credentials (all organizations: an operator's maintenance step) from
+/// the `old` key to the `new` one, in one transaction: either every server moves to the new key
+/// or none does. Fails, changing nothing, if a credential does not open with `old` (the wrong
+/// current key was given). Answers how many servers had credentials.
+pub async fn reseal_credentials(
+    pool: &PgPool,
+    old: &crate::crypto::Sealer,
+    new: &crate::crypto::Sealer,
+) -> Result<usize> {
+    let mut tx = pool.begin().await?;
+    let rows = sqlx::query!(
+        "SELECT id, headers_enc, env_enc FROM servers
+         WHERE headers_enc IS NOT NULL OR env_enc IS NOT NULL
+         ORDER BY id FOR UPDATE"
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let reseal = |id: Uuid, sealed: Option<Vec<u8>>| -> Result<Option<Vec<u8>>> {
+        let Some(sealed) = sealed else {
+            return Ok(None);
+        };
+        let plain = old.open(&sealed, id.as_bytes()).ok_or_else(|| {
+            Error::Key(format!(
+                "the credentials of server {id} do not open with the current key: give the key the servers were registered under"
+            ))
+        })?;
+        new.seal(&plain, id.as_bytes())
+            .map(Some)
+            .map_err(|e| Error::Key(e.to_string()))
+    };
+    for row in &rows {
+        let headers = reseal(row.id, row.headers_enc.clone())?;
+        let env = reseal(row.id, row.env_enc.clone())?;
+        sqlx::query!(
+            "UPDATE servers SET headers_enc = $2, env_enc = $3 WHERE id = $1",
+            row.id,
+            headers,
+            env
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(rows.len())
+}
+
 /// The purpose under which credential headers and stdio environments are sealed (with the
 /// server's id as associated data, so a ciphertext cannot be moved to another server).
 pub const CREDENTIALS_PURPOSE: &str = "upstream-credentials";
