@@ -174,6 +174,43 @@ impl Api {
         }
     }
 
+    /// Saves `document` as the draft of a server's policy (or, with `agent`, of that agent's own
+    /// policy on the server) and publishes it; answers the published version.
+    pub async fn publish_policy(
+        &self,
+        token: &str,
+        org: &str,
+        server_id: &str,
+        agent: Option<&str>,
+        document: &Value,
+    ) -> i64 {
+        let path = format!("/api/v1/orgs/{org}/servers/{server_id}/policy");
+        let scope = agent.map(|a| format!("?agent={a}")).unwrap_or_default();
+        let (status, body) = self.put(&format!("{path}{scope}"), token, document).await;
+        assert_eq!(status, StatusCode::OK, "save the draft: {body}");
+        let (status, body) = self
+            .post(&format!("{path}/publish{scope}"), token, &json!({}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "publish: {body}");
+        body["version"].as_i64().expect("a version")
+    }
+
+    /// Creates an agent named `name`; answers its id and key.
+    pub async fn create_agent(&self, token: &str, org: &str, name: &str) -> (String, String) {
+        let (status, body) = self
+            .post(
+                &format!("/api/v1/orgs/{org}/agents"),
+                token,
+                &json!({"name": name}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "create agent {name}: {body}");
+        (
+            body["id"].as_str().expect("an id").to_owned(),
+            body["key"].as_str().expect("a key").to_owned(),
+        )
+    }
+
     /// Registers the MCP server at `url` in organization `org`; answers the server.
     pub async fn register(&self, token: &str, org: &str, name: &str, url: &str) -> Value {
         let (status, body) = self

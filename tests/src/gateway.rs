@@ -199,10 +199,16 @@ pub async fn publish_on(
     let id = policies::put_draft(&db.pool, org_id, server_id, agent_id, policy, None)
         .await
         .expect("a draft");
-    policies::publish(&db.pool, org_id, id, None)
-        .await
-        .expect("published")
-        .version
+    policies::publish(
+        &db.pool,
+        org_id,
+        id,
+        None,
+        portcullis_store::policies::Mode::Enforced,
+    )
+    .await
+    .expect("published")
+    .version
 }
 
 impl TestGateway {
@@ -329,15 +335,15 @@ pub async fn initialize(url: &str, key: &str) -> String {
     session
 }
 
-/// The text of a tools/call answer, JSON or SSE.
-pub async fn call_text(
+/// The `result` of a tools/call answer, JSON or SSE.
+pub async fn call_result(
     url: &str,
     key: &str,
     session: &str,
     id: u64,
     tool: &str,
     args: Value,
-) -> String {
+) -> Value {
     let resp = rpc(
         url,
         key,
@@ -360,7 +366,19 @@ pub async fn call_text(
     } else {
         serde_json::from_str(&body).unwrap()
     };
-    message["result"]["content"][0]["text"]
+    message["result"].clone()
+}
+
+/// The text of a tools/call answer, JSON or SSE.
+pub async fn call_text(
+    url: &str,
+    key: &str,
+    session: &str,
+    id: u64,
+    tool: &str,
+    args: Value,
+) -> String {
+    call_result(url, key, session, id, tool, args).await["content"][0]["text"]
         .as_str()
         .unwrap_or_default()
         .to_owned()

@@ -844,6 +844,15 @@ async fn the_openapi_document_covers_every_route_of_the_contract() {
         ("get", "/api/v1/orgs/{org}/servers/{id}/policy/versions"),
         ("get", "/api/v1/orgs/{org}/servers/{id}/policy/versions/{n}"),
         ("post", "/api/v1/orgs/{org}/servers/{id}/policy/simulate"),
+        // Issue 12: agents' own policies, shadow versions, the impact preview.
+        ("post", "/api/v1/orgs/{org}/servers/{id}/policy/agents"),
+        (
+            "delete",
+            "/api/v1/orgs/{org}/servers/{id}/policy/agents/{agent}",
+        ),
+        ("get", "/api/v1/orgs/{org}/servers/{id}/policy/shadow"),
+        ("delete", "/api/v1/orgs/{org}/servers/{id}/policy/shadow"),
+        ("post", "/api/v1/orgs/{org}/servers/{id}/policy/preview"),
         ("get", "/api/v1/orgs/{org}/settings"),
         ("put", "/api/v1/orgs/{org}/settings"),
         ("get", "/api/v1/orgs/{org}/approvals"),
@@ -870,6 +879,7 @@ async fn the_openapi_document_covers_every_route_of_the_contract() {
             let concrete = path
                 .replace("{org}", "acme")
                 .replace("{id}", &uuid::Uuid::new_v4().to_string())
+                .replace("{agent}", &uuid::Uuid::new_v4().to_string())
                 .replace("{n}", "1");
             let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let (status, body) = app

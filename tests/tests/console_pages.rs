@@ -575,3 +575,193 @@ async fn a_changed_tool_shows_its_diff_and_connect_rotates_an_existing_key_into_
         "a rotated-out key in the URL"
     );
 }
+
+/// The builder for agents' own policies, shadow versions and the impact preview, as a person
+/// clicks through them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_builder_gives_an_agent_its_own_policy_runs_a_shadow_and_previews_impact() {
+    let app = TestApp::start().await;
+    let upstream = TestUpstream::start().await;
+    let admin = app.signup("ada@acme.test", "Acme").await;
+    let server = app
+        .register(&admin.token, "acme", "images", &upstream.url)
+        .await;
+    let sid = server["id"].as_str().unwrap();
+    app.publish_policy(
+        &admin.token,
+        "acme",
+        sid,
+        None,
+        &json!({"version": "1", "default": "allow"}),
+    )
+    .await;
+    let (ci, _) = app.create_agent(&admin.token, "acme", "ci-runner").await;
+    let client = logged_in(&app, &admin).await;
+    let builder = format!("{}/app/acme/servers/{sid}/policy", app.base_url);
+    let (_, html) = page(&client, &builder).await;
+    assert!(
+        html.contains("The server&#x27;s policy") || html.contains("The server's policy"),
+        "{html}"
+    );
+    assert!(html.contains(&format!("<option value=\"{ci}\">ci-runner</option>")));
+    let token = csrf(&html);
+    let post = |url: String, form: Vec<(&'static str, String)>| {
+        let client = client.clone();
+        async move {
+            let r = client.post(url).form(&form).send().await.unwrap();
+            let location = r
+                .headers()
+                .get(LOCATION)
+                .map(|l| l.to_str().unwrap().to_owned());
+            (r.status(), location, r.text().await.unwrap())
+        }
+    };
+
+    // Give the agent its own policy: a copy of the server's, shown in the builder.
+    let (status, location, _) = post(
+        format!("{builder}/agents"),
+        vec![("_csrf", token.clone()), ("agent", ci.clone())],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let location = location.unwrap();
+    assert_eq!(
+        location,
+        format!("/app/acme/servers/{sid}/policy?agent={ci}&done=created")
+    );
+    let (_, html) = page(&client, &format!("{}{location}", app.base_url)).await;
+    assert!(
+        html.contains("ci-runner&#x27;s own policy") || html.contains("ci-runner's own policy"),
+        "{html}"
+    );
+    assert!(html.contains(&format!(
+        "<input type=\"hidden\" name=\"agent\" value=\"{ci}\">"
+    )));
+    assert!(html.contains("This agent has its own policy now"));
+
+    // Publish it from the builder: it is the agent's, not the server's.
+    let (status, location, _) = post(
+        builder.clone(),
+        vec![
+            ("_csrf", token.clone()),
+            ("agent", ci.clone()),
+            ("document", r#"{"version": "1", "default": "deny"}"#.into()),
+            ("action", "publish".into()),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        location.unwrap(),
+        format!("/app/acme/servers/{sid}/policy?agent={ci}&done=published&v=1")
+    );
+    let (_, own) = app
+        .get(
+            &format!("/api/v1/orgs/acme/servers/{sid}/policy?agent={ci}"),
+            &admin.token,
+        )
+        .await;
+    assert_eq!(own["published"]["document"]["default"], "deny");
+    let (_, server_policy) = app
+        .get(
+            &format!("/api/v1/orgs/acme/servers/{sid}/policy"),
+            &admin.token,
+        )
+        .await;
+    assert_eq!(server_policy["published"]["document"]["default"], "allow");
+
+    // The server's draft published in shadow, then stopped.
+    let (status, location, _) = post(
+        builder.clone(),
+        vec![
+            ("_csrf", token.clone()),
+            (
+                "document",
+                r#"{"version": "1", "default": "allow", "hide": ["delete_*"]}"#.into(),
+            ),
+            ("action", "shadow".into()),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        location.unwrap(),
+        format!("/app/acme/servers/{sid}/policy?done=shadow&v=2")
+    );
+    let (_, html) = page(&client, &format!("{builder}?done=shadow&v=2")).await;
+    assert!(
+        html.contains("Version 2 runs in shadow") && html.contains("Stop shadow"),
+        "{html}"
+    );
+
+    // The impact preview of what is in the editor, as an htmx fragment.
+    let (status, _, fragment) = post(
+        format!("{builder}/preview"),
+        vec![
+            ("_csrf", token.clone()),
+            ("document", r#"{"version": "1", "default": "deny"}"#.into()),
+            ("days", "7".into()),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        fragment.contains("No recorded calls to replay in that period."),
+        "{fragment}"
+    );
+    let (_, _, fragment) = post(
+        format!("{builder}/preview"),
+        vec![("_csrf", token.clone()), ("document", "{not json".into())],
+    )
+    .await;
+    assert!(
+        fragment.contains("The document is not valid JSON"),
+        "{fragment}"
+    );
+    let (_, _, fragment) = post(
+        format!("{builder}/preview"),
+        vec![
+            ("_csrf", token.clone()),
+            ("document", r#"{"version": "2"}"#.into()),
+        ],
+    )
+    .await;
+    assert!(
+        fragment.contains("<code>/document/version</code>"),
+        "{fragment}"
+    );
+
+    let (status, location, _) = post(
+        format!("{builder}/shadow/stop"),
+        vec![("_csrf", token.clone())],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        location.unwrap(),
+        format!("/app/acme/servers/{sid}/policy?done=stopped")
+    );
+    let (_, html) = page(&client, &builder).await;
+    assert!(!html.contains("Stop shadow"));
+
+    // Removing the agent's policy, and a form without the CSRF token refused.
+    let (status, _, _) = post(format!("{builder}/agents/{ci}/delete"), vec![]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, location, _) = post(
+        format!("{builder}/agents/{ci}/delete"),
+        vec![("_csrf", token.clone())],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        location.unwrap(),
+        format!("/app/acme/servers/{sid}/policy?done=removed")
+    );
+    let (status, _) = app
+        .get(
+            &format!("/api/v1/orgs/acme/servers/{sid}/policy?agent={ci}"),
+            &admin.token,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

@@ -298,6 +298,8 @@ mod tests {
             policy_version: None,
             latency_ms: None,
             upstream_status: None,
+            policy_agent_id: None,
+            shadow: None,
         };
         let clean = sanitize(event);
         assert_eq!(clean.tool.as_deref(), Some("rm\u{FFFD}rf"));

@@ -109,11 +109,22 @@ fn json_message(message: &Value, session: Option<&str>) -> Response {
 }
 
 /// A `tools/call` result the agent reads as a refusal: `isError` with one text item.
-fn refusal(id: &RequestId, text: &str, rule: Option<&str>, version: Option<i32>) -> Response {
+/// A refused call's tool result; `_meta` names the rule and the document that decided (its
+/// version, and whether it is the server's policy or the agent's own).
+fn refusal(
+    id: &RequestId,
+    text: &str,
+    rule: Option<&str>,
+    policy: Option<&LoadedPolicy>,
+) -> Response {
     let result = json!({
         "content": [{"type": "text", "text": text}],
         "isError": true,
-        "_meta": {"io.portcullis/rule": rule, "io.portcullis/policyVersion": version},
+        "_meta": {
+            "io.portcullis/rule": rule,
+            "io.portcullis/policyVersion": policy.map(|p| p.version),
+            "io.portcullis/policyScope": policy.map(|p| if p.agent_id.is_some() { "agent" } else { "server" }),
+        },
     });
     json_message(&Message::result(id.clone(), result).to_value(), None)
 }
@@ -131,10 +142,6 @@ fn refusal_message(id: &RequestId, text: &str, rule: &str) -> Value {
 /// One JSON-RPC message as an SSE event.
 fn sse_bytes(message: &Value) -> Bytes {
     Bytes::from(encode_event(&SseEvent::message(message.to_string())))
-}
-
-fn event_version(policy: &Option<Arc<LoadedPolicy>>) -> Option<i32> {
-    policy.as_ref().map(|p| p.version)
 }
 
 /// An activity event about an approval, for steps that happen outside a request (a holder that
@@ -168,6 +175,8 @@ pub(crate) fn approval_event(
         policy_version: None,
         latency_ms: None,
         upstream_status: None,
+        policy_agent_id: None,
+        shadow: None,
     }
 }
 
@@ -876,6 +885,7 @@ impl Ctx {
         };
         event.policy_id = Some(policy.policy_id);
         event.policy_version = Some(policy.version);
+        event.policy_agent_id = policy.agent_id;
         let changed = if policy.policy.changed_tools() != ChangedTools::Allow
             && policy.reviewed.contains_key(&tool)
         {
@@ -887,12 +897,24 @@ impl Ctx {
         } else {
             false
         };
-        let decision = policy.policy.evaluate(&Call {
+        let call = Call {
             tool: &tool,
             arguments,
             changed,
-        });
+        };
+        let decision = policy.policy.evaluate(&call);
         event.rule = Some(decision.rule().to_owned());
+        // A shadow version is evaluated on the same call and only recorded. Decisions compare by
+        // kind (allow, approval, deny, hidden): a shadow reserves no counters.
+        if let Some(shadow) = &policy.shadow {
+            let would = shadow.policy.evaluate(&call);
+            event.shadow = Some(json!({
+                "version": shadow.version,
+                "decision": would.kind().as_str(),
+                "rule": would.rule(),
+                "differs": would.kind() != decision.kind(),
+            }));
+        }
         match &decision {
             Decision::Hidden { .. } | Decision::Deny { .. } => {
                 event.decision = if matches!(decision, Decision::Hidden { .. }) {
@@ -904,7 +926,7 @@ impl Ctx {
                 event.reason = decision.reason().map(str::to_owned);
                 self.gw.activity.record(event);
                 let text = decision.agent_text().unwrap_or_default();
-                refusal(&req.id, &text, Some(decision.rule()), Some(policy.version))
+                refusal(&req.id, &text, Some(decision.rule()), Some(&*policy))
             }
             Decision::Proceed {
                 limits, approval, ..
@@ -939,7 +961,7 @@ impl Ctx {
                         let text = limit.rate_limited_text(retry_after);
                         event.reason = Some(text.clone());
                         self.gw.activity.record(event);
-                        return refusal(&req.id, &text, Some(&limit.rule), Some(policy.version));
+                        return refusal(&req.id, &text, Some(&limit.rule), Some(&*policy));
                     }
                 };
                 if let Some(approval) = approval {
@@ -1008,7 +1030,7 @@ impl Ctx {
                 &req.id,
                 &format!("[POLICY DENIED] {reason}"),
                 Some(&approval.rule),
-                event_version(&self.policy()),
+                self.policy().as_deref(),
             );
         }
         event.decision = "approval_requested".into();
@@ -1326,6 +1348,8 @@ impl Ctx {
             policy_version: None,
             latency_ms: None,
             upstream_status: None,
+            policy_agent_id: None,
+            shadow: None,
         }
     }
 }

@@ -28,6 +28,16 @@ pub struct LoadedPolicy {
     pub agent_id: Option<Uuid>,
     /// Tool name → definition hash, as reviewed at publish time.
     pub reviewed: HashMap<String, String>,
+    /// A version published in shadow: evaluated beside this one on every call, only recorded.
+    pub shadow: Option<ShadowPolicy>,
+}
+
+/// A shadow version, compiled. One that does not parse is dropped (logged): a shadow never
+/// changes what an agent gets, so there is nothing to fail closed about.
+#[derive(Debug)]
+pub struct ShadowPolicy {
+    pub policy: Policy,
+    pub version: i32,
 }
 
 impl LoadedPolicy {
@@ -192,6 +202,17 @@ fn compile(row: policies::Enforced) -> Option<LoadedPolicy> {
             .collect(),
         _ => HashMap::new(),
     };
+    let shadow = match (row.shadow_version, &row.shadow_document) {
+        (Some(version), Some(document)) => match Policy::from_value(document) {
+            Ok(policy) => Some(ShadowPolicy { policy, version }),
+            Err(e) => {
+                tracing::error!(policy_id = %row.policy_id, version, error = %e,
+                    "a shadow policy version does not parse: not evaluated");
+                None
+            }
+        },
+        _ => None,
+    };
     Some(LoadedPolicy {
         policy,
         policy_id: row.policy_id,
@@ -200,6 +221,7 @@ fn compile(row: policies::Enforced) -> Option<LoadedPolicy> {
         server_id: row.server_id,
         agent_id: row.agent_id,
         reviewed,
+        shadow,
     })
 }
 
@@ -218,6 +240,8 @@ mod tests {
             version: 7,
             document: json!({"version": "1", "default": "allow", "surprise": true}),
             reviewed_tools: json!({}),
+            shadow_version: None,
+            shadow_document: None,
         };
         let loaded = compile(row).expect("kept, as a deny-all");
         assert_eq!(loaded.version, 7);

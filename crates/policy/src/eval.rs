@@ -233,6 +233,31 @@ impl Policy {
         (changed && self.changed_tools == ChangedTools::Hide).then(|| CHANGED_POINTER.to_owned())
     }
 
+    /// Whether the kind of decision for `tool` (allow, approval, deny, hidden) can depend on the
+    /// call's argument values: conditions (`require`, `deny_if`, `approve_if`) or a limit whose
+    /// increment is read from an argument. Replaying a call recorded without its values under
+    /// such a rule cannot tell the outcome (the impact preview says "unknown").
+    pub fn reads_argument_values(&self, tool: &str, changed: bool) -> bool {
+        if self.is_hidden(tool, changed).is_some()
+            || (changed && self.changed_tools == ChangedTools::Deny)
+        {
+            return false;
+        }
+        let reads_increment = |limits: &[Limit]| limits.iter().any(|l| l.increment_from.is_some());
+        let all_tools = reads_increment(&self.all_tools_limits);
+        match self.rules.find(tool) {
+            None => self.default == DefaultAction::Allow && all_tools,
+            Some(rule) if rule.action == Action::Deny => false,
+            Some(rule) => {
+                !rule.require.is_empty()
+                    || !rule.deny_if.is_empty()
+                    || (rule.action != Action::RequireApproval && !rule.approve_if.is_empty())
+                    || all_tools
+                    || reads_increment(&rule.limits)
+            }
+        }
+    }
+
     /// Decides a call (steps 1–4 fully; steps 5 and 6 as requests in [`Decision::Proceed`]).
     pub fn evaluate(&self, call: &Call<'_>) -> Decision {
         // 1. Hidden; and changed tools under `changed_tools: "deny"`.
@@ -393,6 +418,38 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn a_decision_reads_argument_values_only_through_conditions_or_increments() {
+        let policy = Policy::from_value(&json!({
+            "version": "1", "default": "allow", "hide": ["secret_*"],
+            "tools": {
+                "read_*": {"action": "allow"},
+                "deploy": {"action": "allow", "deny_if": [{"conditions": [
+                    {"path": "args.env", "op": "eq", "value": "prod"}]}]},
+                "drop": {"action": "deny"},
+                "pay": {"action": "require_approval", "approve_if": [{"conditions": [
+                    {"path": "args.amount", "op": "gt", "value": 10}]}]},
+                "refund": {"action": "allow", "approve_if": [{"conditions": [
+                    {"path": "args.amount", "op": "gt", "value": 10}]}]},
+                "send": {"action": "allow",
+                         "limits": [{"max": 100, "window": "day", "increment_from": "args.count"}]}
+            }
+        }))
+        .unwrap();
+        for (tool, reads) in [
+            ("read_file", false),
+            ("unlisted", false),
+            ("secret_x", false),
+            ("drop", false),
+            ("pay", false),
+            ("deploy", true),
+            ("refund", true),
+            ("send", true),
+        ] {
+            assert_eq!(policy.reads_argument_values(tool, false), reads, "{tool}");
+        }
+    }
 
     #[test]
     fn increments_round_up_and_reject_negatives() {

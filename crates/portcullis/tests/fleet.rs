@@ -63,32 +63,15 @@ async fn a_console_and_two_gateways_share_sessions_publishes_revocations_and_lim
         .register(&admin.token, &org, "tools", &upstream.url)
         .await;
     let sid = server["id"].as_str().unwrap().to_owned();
-    let policy_path = format!("/api/v1/orgs/{org}/servers/{sid}/policy");
     let publish = |policy: Value| {
         let api = api.clone();
-        let token = admin.token.clone();
-        let path = policy_path.clone();
-        async move {
-            let (status, body) = api.put(&path, &token, &policy).await;
-            assert_eq!(status, StatusCode::OK, "{body}");
-            let (status, body) = api
-                .post(&format!("{path}/publish"), &token, &json!({}))
-                .await;
-            assert_eq!(status, StatusCode::OK, "{body}");
-        }
+        let (token, org, sid) = (admin.token.clone(), org.clone(), sid.clone());
+        async move { api.publish_policy(&token, &org, &sid, None, &policy).await }
     };
     publish(json!({"version": "1", "default": "allow",
                    "tools": {"echo": {"rate_limit": {"max": 4, "window": "minute", "scope": "agent"}}}}))
     .await;
-    let (status, agent) = api
-        .post(
-            &format!("/api/v1/orgs/{org}/agents"),
-            &admin.token,
-            &json!({"name": "ci-runner"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{agent}");
-    let key = agent["key"].as_str().unwrap().to_owned();
+    let (agent_id, key) = api.create_agent(&admin.token, &org, "ci-runner").await;
     let url1 = format!("{}/mcp/{sid}", g1.url);
     let url2 = format!("{}/mcp/{sid}", g2.url);
 
@@ -141,10 +124,7 @@ async fn a_console_and_two_gateways_share_sessions_publishes_revocations_and_lim
     // An agent revoked in the console is refused by both within 1 s.
     let (status, _) = api
         .delete(
-            &format!(
-                "/api/v1/orgs/{org}/agents/{}",
-                agent["id"].as_str().unwrap()
-            ),
+            &format!("/api/v1/orgs/{org}/agents/{agent_id}"),
             &admin.token,
         )
         .await;

@@ -28,8 +28,15 @@ pub struct NewEvent {
     pub reason: Option<String>,
     pub policy_id: Option<Uuid>,
     pub policy_version: Option<i32>,
+    /// The agent whose own policy decided; `None`: the server's policy.
+    #[serde(default)]
+    pub policy_agent_id: Option<Uuid>,
     pub latency_ms: Option<f64>,
     pub upstream_status: Option<i32>,
+    /// On a call evaluated beside a shadow version: `{version, decision, rule, differs}`, the
+    /// shadow's decision and whether it differs from the enforced one.
+    #[serde(default)]
+    pub shadow: Option<Value>,
 }
 
 /// Writes a batch of events in one statement (columns as arrays, unnested by PostgreSQL).
@@ -54,20 +61,22 @@ pub async fn insert_batch(pool: &PgPool, events: &[NewEvent]) -> Result<()> {
     let versions: Vec<Option<i32>> = events.iter().map(|e| e.policy_version).collect();
     let latencies: Vec<Option<f64>> = events.iter().map(|e| e.latency_ms).collect();
     let statuses: Vec<Option<i32>> = events.iter().map(|e| e.upstream_status).collect();
+    let shadows: Vec<Option<Value>> = events.iter().map(|e| e.shadow.clone()).collect();
     sqlx::query!(
         r#"INSERT INTO activity_events (id, org_id, at, server_id, agent_id, agent_name, session,
                method, tool, argument_keys, arguments, decision, rule, reason, policy_id,
-               policy_version, latency_ms, upstream_status)
+               policy_version, latency_ms, upstream_status, policy_agent_id, shadow)
            SELECT u.id, u.org_id, u.at, u.server_id, u.agent_id, u.agent_name, u.session, u.method,
                   u.tool, ARRAY(SELECT jsonb_array_elements_text(u.keys)), u.arguments, u.decision,
-                  u.rule, u.reason, u.policy_id, u.policy_version, u.latency_ms, u.upstream_status
+                  u.rule, u.reason, u.policy_id, u.policy_version, u.latency_ms, u.upstream_status,
+                  u.policy_agent_id, u.shadow
            FROM UNNEST($1::uuid[], $2::uuid[], $3::timestamptz[], $4::uuid[], $5::uuid[],
                        $6::text[], $7::text[], $8::text[], $9::text[], $10::jsonb[], $11::jsonb[],
                        $12::text[], $13::text[], $14::text[], $15::uuid[], $16::int4[],
-                       $17::float8[], $18::int4[])
+                       $17::float8[], $18::int4[], $19::uuid[], $20::jsonb[])
                 AS u(id, org_id, at, server_id, agent_id, agent_name, session, method, tool, keys,
                      arguments, decision, rule, reason, policy_id, policy_version, latency_ms,
-                     upstream_status)
+                     upstream_status, policy_agent_id, shadow)
            ON CONFLICT ON CONSTRAINT activity_events_pkey DO NOTHING"#,
         &ids,
         &orgs,
@@ -87,6 +96,8 @@ pub async fn insert_batch(pool: &PgPool, events: &[NewEvent]) -> Result<()> {
         &versions as &[Option<i32>],
         &latencies as &[Option<f64>],
         &statuses as &[Option<i32>],
+        &col(|e| e.policy_agent_id) as &[Option<Uuid>],
+        &shadows as &[Option<Value>],
     )
     .execute(pool)
     .await?;
@@ -111,8 +122,12 @@ pub struct Event {
     pub rule: Option<String>,
     pub reason: Option<String>,
     pub policy_version: Option<i32>,
+    /// The agent whose own policy decided; `null`: the server's policy.
+    pub policy_agent_id: Option<Uuid>,
     pub latency_ms: Option<f64>,
     pub upstream_status: Option<i32>,
+    /// On a call evaluated beside a shadow version: `{version, decision, rule, differs}`.
+    pub shadow: Option<Value>,
 }
 
 /// What the activity API filters on; `None` matches everything.
@@ -126,6 +141,8 @@ pub struct Filter {
     pub before: Option<Uuid>,
     /// Only events at or after this time.
     pub since: Option<DateTime<Utc>>,
+    /// Only calls where a shadow version would have decided otherwise.
+    pub shadow_differs: bool,
 }
 
 /// The organization's events matching `filter`, newest first, at most `limit`.
@@ -134,7 +151,7 @@ pub async fn query(pool: &PgPool, org_id: Uuid, filter: &Filter, limit: i64) -> 
         Event,
         r#"SELECT e.id, e.at, e.server_id, e.agent_id, e.agent_name, e.session, e.method, e.tool,
                   e.argument_keys, e.arguments, e.decision, e.rule, e.reason, e.policy_version,
-                  e.latency_ms, e.upstream_status
+                  e.policy_agent_id, e.latency_ms, e.upstream_status, e.shadow
            FROM activity_events e
            WHERE e.org_id = $1
              AND ($2::uuid IS NULL OR e.server_id = $2)
@@ -144,6 +161,7 @@ pub async fn query(pool: &PgPool, org_id: Uuid, filter: &Filter, limit: i64) -> 
              AND ($6::timestamptz IS NULL OR e.at >= $6)
              AND ($7::uuid IS NULL OR (e.at, e.id) < (SELECT c.at, c.id FROM activity_events c
                                                      WHERE c.org_id = $1 AND c.id = $7))
+             AND (NOT $9 OR COALESCE((e.shadow->>'differs')::boolean, false))
            ORDER BY e.at DESC, e.id DESC
            LIMIT $8"#,
         org_id,
@@ -153,7 +171,8 @@ pub async fn query(pool: &PgPool, org_id: Uuid, filter: &Filter, limit: i64) -> 
         filter.decision,
         filter.since,
         filter.before,
-        limit
+        limit,
+        filter.shadow_differs
     )
     .fetch_all(pool)
     .await?)
@@ -165,7 +184,8 @@ pub async fn recent(pool: &PgPool, org_id: Uuid, limit: i64) -> Result<Vec<Event
     Ok(sqlx::query_as!(
         Event,
         "SELECT id, at, server_id, agent_id, agent_name, session, method, tool, argument_keys,
-                arguments, decision, rule, reason, policy_version, latency_ms, upstream_status
+                arguments, decision, rule, reason, policy_version, policy_agent_id, latency_ms,
+                upstream_status, shadow
          FROM activity_events WHERE org_id = $1 ORDER BY at DESC, id DESC LIMIT $2",
         org_id,
         limit
@@ -207,6 +227,102 @@ pub async fn counts_since(
         since
     )
     .fetch_all(pool)
+    .await?)
+}
+
+/// A group of recorded calls that replay the same: one server's `tools/call` decisions with the
+/// same tool, agent, first decision and arguments, and how many there were.
+#[derive(Debug, Clone)]
+pub struct RecordedCalls {
+    pub tool: String,
+    pub agent_id: Option<Uuid>,
+    pub agent_name: Option<String>,
+    pub decision: String,
+    /// `None` where the organization does not store argument values.
+    pub arguments: Option<Value>,
+    pub argument_keys: Vec<String>,
+    pub count: i64,
+}
+
+/// The first decision of each call (not the later steps of an approval, which are events of
+/// the same call).
+pub const FIRST_DECISIONS: [&str; 6] = [
+    "allow",
+    "deny",
+    "hidden",
+    "rate_limited",
+    "approval_requested",
+    "upstream_error",
+];
+
+/// One server's calls since `since`, grouped for replay (PostgreSQL does the grouping, so a
+/// hundred thousand calls of a few dozen shapes cross the wire as a few dozen rows). `agents`
+/// keeps only those agents' calls; `except_agents` drops theirs (agents with their own policy
+/// are not governed by the server's).
+pub async fn recorded_calls(
+    pool: &PgPool,
+    org_id: Uuid,
+    server_id: Uuid,
+    since: DateTime<Utc>,
+    agents: Option<&[Uuid]>,
+    except_agents: &[Uuid],
+) -> Result<Vec<RecordedCalls>> {
+    Ok(sqlx::query_as!(
+        RecordedCalls,
+        r#"SELECT e.tool AS "tool!", e.agent_id, max(e.agent_name) AS agent_name, e.decision,
+                  e.arguments, e.argument_keys, count(*) AS "count!"
+           FROM activity_events e
+           WHERE e.org_id = $1 AND e.server_id = $2 AND e.at >= $3 AND e.method = 'tools/call'
+             AND e.tool IS NOT NULL AND e.decision = ANY($4)
+             AND ($5::uuid[] IS NULL OR e.agent_id = ANY($5))
+             AND NOT (e.agent_id = ANY($6))
+           GROUP BY e.tool, e.agent_id, e.decision, e.arguments, e.argument_keys"#,
+        org_id,
+        server_id,
+        since,
+        &FIRST_DECISIONS.map(String::from) as &[String],
+        agents as Option<&[Uuid]>,
+        except_agents
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// What a shadow version would have done to one server's calls since `since`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ShadowCounts {
+    /// Calls decided while a shadow version was evaluated beside the enforced one.
+    pub calls: i64,
+    /// Of those, where the shadow decided otherwise.
+    pub differences: i64,
+    /// Of the differences, calls the enforced version let through and the shadow would have
+    /// denied or hidden.
+    pub would_deny: i64,
+}
+
+/// Shadow counts of one server's calls since `since` (those evaluated beside a shadow version).
+pub async fn shadow_counts(
+    pool: &PgPool,
+    org_id: Uuid,
+    server_id: Uuid,
+    since: DateTime<Utc>,
+) -> Result<ShadowCounts> {
+    Ok(sqlx::query_as!(
+        ShadowCounts,
+        r#"SELECT count(*) AS "calls!",
+                  count(*) FILTER (WHERE (shadow->>'differs')::boolean) AS "differences!",
+                  count(*) FILTER (WHERE (shadow->>'differs')::boolean
+                                     AND shadow->>'decision' IN ('deny', 'hidden')
+                                     AND decision NOT IN ('deny', 'hidden')) AS "would_deny!"
+           FROM activity_events
+           WHERE org_id = $1 AND server_id = $2 AND at >= $3 AND method = 'tools/call'
+             AND shadow IS NOT NULL AND decision = ANY($4)"#,
+        org_id,
+        server_id,
+        since,
+        &FIRST_DECISIONS.map(String::from) as &[String],
+    )
+    .fetch_one(pool)
     .await?)
 }
 

@@ -26,6 +26,8 @@ fn event(org_id: Uuid, tool: Option<&str>, keys: &[&str], decision: &str) -> New
         policy_version: Some(3),
         latency_ms: Some(1.5),
         upstream_status: None,
+        policy_agent_id: None,
+        shadow: None,
     }
 }
 

@@ -263,10 +263,10 @@ async fn policies_are_versioned_and_scoped() {
     assert!(policies::all_enforced(&db.pool).await.unwrap().is_empty());
 
     assert!(matches!(
-        policies::publish(&db.pool, org_b, id, None).await,
+        policies::publish(&db.pool, org_b, id, None, policies::Mode::Enforced).await,
         Err(Error::NotFound)
     ));
-    let v1 = policies::publish(&db.pool, org_a, id, Some(user_a))
+    let v1 = policies::publish(&db.pool, org_a, id, Some(user_a), policies::Mode::Enforced)
         .await
         .unwrap();
     assert_eq!(v1.version, 1);
@@ -282,7 +282,7 @@ async fn policies_are_versioned_and_scoped() {
     assert_eq!(policy.draft, allow);
     assert_eq!(policy.published.unwrap().document, seed);
 
-    let v2 = policies::publish(&db.pool, org_a, id, Some(user_a))
+    let v2 = policies::publish(&db.pool, org_a, id, Some(user_a), policies::Mode::Enforced)
         .await
         .unwrap();
     assert_eq!(v2.version, 2);
@@ -340,7 +340,9 @@ async fn publishing_notifies_gateways() {
     )
     .await
     .unwrap();
-    policies::publish(&db.pool, org, id, None).await.unwrap();
+    policies::publish(&db.pool, org, id, None, policies::Mode::Enforced)
+        .await
+        .unwrap();
     let note = tokio::time::timeout(std::time::Duration::from_secs(5), listener.recv())
         .await
         .expect("a notification within 5 s")

@@ -104,6 +104,8 @@ async fn main() {
             policy_version: Some(1),
             latency_ms: Some(3.0 + (i % 17) as f64),
             upstream_status: Some(200),
+            policy_agent_id: None,
+            shadow: None,
         });
         if batch.len() == 500 {
             insert_batch(&app.db.pool, &batch).await.expect("insert");

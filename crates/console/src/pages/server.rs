@@ -17,9 +17,9 @@ use uuid::Uuid;
 use super::org::{NewKey, target_of};
 use super::{Flash, FormData, FormState, Nav, OrgPage, PageError, PageResult, render, when};
 use crate::ConsoleState;
-use crate::error::{FieldProblem, Json, Path};
+use crate::error::{FieldProblem, Json, OptionalJson, Path, Query as ApiQuery};
 use crate::routes::agents::{self as agent_routes, CreateAgentRequest};
-use crate::routes::policies::{self as policy_routes, SimulateRequest};
+use crate::routes::policies::{self as policy_routes, PolicyScope, SimulateRequest};
 use crate::routes::servers::{self as server_routes, CreateServerRequest, not_found_server};
 
 pub fn router() -> Router<ConsoleState> {
@@ -34,6 +34,19 @@ pub fn router() -> Router<ConsoleState> {
             get(policy_page).post(save_policy),
         )
         .route("/app/{org}/servers/{id}/policy/restore/{n}", post(restore))
+        .route(
+            "/app/{org}/servers/{id}/policy/agents",
+            post(create_agent_policy),
+        )
+        .route(
+            "/app/{org}/servers/{id}/policy/agents/{agent}/delete",
+            post(delete_agent_policy),
+        )
+        .route(
+            "/app/{org}/servers/{id}/policy/shadow/stop",
+            post(stop_shadow),
+        )
+        .route("/app/{org}/servers/{id}/policy/preview", post(preview))
         .route(
             "/app/{org}/servers/{id}/simulate",
             get(simulate_page).post(simulate),
@@ -259,12 +272,16 @@ struct ToolsPage {
     server: ServerHead,
     tools: Vec<ToolRow>,
     changes: Option<String>,
+    /// Calls of the last 24 h evaluated beside a shadow version (when there were any).
+    shadow: Option<crate::routes::impact::ShadowSummary>,
 }
 
 #[derive(Debug, Deserialize)]
 struct Done {
     done: Option<String>,
     v: Option<i32>,
+    /// The builder addresses this agent's own policy.
+    agent: Option<Uuid>,
 }
 
 async fn tools_view(
@@ -324,6 +341,13 @@ async fn tools_view(
             changed: t.changed_since_publish,
         })
         .collect();
+    let Json(shadow) = crate::routes::impact::shadow_summary(
+        State(state.clone()),
+        page.access.clone(),
+        Path((page.slug().to_owned(), id)),
+        ApiQuery(crate::routes::impact::ShadowQuery { hours: None }),
+    )
+    .await?;
     Ok(render(&ToolsPage {
         nav: page.nav("servers"),
         flash,
@@ -334,6 +358,7 @@ async fn tools_view(
         server,
         tools,
         changes,
+        shadow: (shadow.calls > 0 || shadow.version.is_some()).then_some(shadow),
     }))
 }
 
@@ -412,6 +437,7 @@ pub struct VersionRow {
     pub published_at: String,
     pub published_by: String,
     pub enforced: bool,
+    pub shadow: bool,
 }
 
 #[derive(Template)]
@@ -431,6 +457,39 @@ struct PolicyPage {
     problems_json: String,
     diff: Vec<DiffLine>,
     versions: Vec<VersionRow>,
+    /// The agent whose own policy is shown (`None`: the server's policy).
+    agent: Option<AgentOption>,
+    /// The agents with their own policy on this server, to switch to.
+    agent_policies: Vec<AgentOption>,
+    /// Live agents without their own policy, to give one.
+    other_agents: Vec<AgentOption>,
+    /// This policy's enforced and shadow versions.
+    published: Option<i32>,
+    shadow: Option<i32>,
+}
+
+pub struct AgentOption {
+    pub id: Uuid,
+    pub name: String,
+    /// Its own policy's enforced version (`None`: a draft only).
+    pub version: Option<i32>,
+}
+
+/// The hidden `agent` field of the builder's forms.
+fn agent_field(form: &FormData) -> Result<Option<Uuid>, PageError> {
+    match form.get("agent").map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(text) => text.parse().map(Some).map_err(|_| {
+            crate::error::ApiError::bad_request("invalid_body", "agent must be an agent id").into()
+        }),
+    }
+}
+
+fn policy_url(slug: &str, id: Uuid, agent: Option<Uuid>, done: &str) -> String {
+    match agent {
+        Some(a) => format!("/app/{slug}/servers/{id}/policy?agent={a}&{done}"),
+        None => format!("/app/{slug}/servers/{id}/policy?{done}"),
+    }
 }
 
 /// A line diff of two documents, pretty-printed.
@@ -461,6 +520,7 @@ async fn policy_view(
     state: &ConsoleState,
     page: &OrgPage,
     id: Uuid,
+    agent: Option<Uuid>,
     flash: Option<Flash>,
     submitted: Option<(String, Vec<FieldProblem>)>,
 ) -> PageResult {
@@ -470,6 +530,7 @@ async fn policy_view(
         State(state.clone()),
         page.access.clone(),
         Path((page.slug().to_owned(), id)),
+        ApiQuery(PolicyScope { agent }),
     )
     .await?;
     let tools: Vec<Value> = servers::tools(state.db(), org_id, id)
@@ -500,10 +561,50 @@ async fn policy_view(
         .map(|m| (m.user.id, m.user.email))
         .collect();
     let enforced = policy.published.as_ref().map(|p| p.version);
+    let shadow = policy.shadow.as_ref().map(|p| p.version);
+    let live_agents = portcullis_store::agents::list(state.db(), org_id).await?;
+    let agent_policies: Vec<AgentOption> = if agent.is_some() {
+        policies::agent_policies(state.db(), org_id, id)
+            .await?
+            .into_iter()
+            .map(|a| AgentOption {
+                id: a.agent_id,
+                name: a.agent_name,
+                version: a.version,
+            })
+            .collect()
+    } else {
+        policy
+            .agent_policies
+            .iter()
+            .map(|a| AgentOption {
+                id: a.agent_id,
+                name: a.agent_name.clone(),
+                version: a.version,
+            })
+            .collect()
+    };
+    let other_agents = live_agents
+        .iter()
+        .filter(|a| !agent_policies.iter().any(|p| p.id == a.id))
+        .map(|a| AgentOption {
+            id: a.id,
+            name: a.name.clone(),
+            version: None,
+        })
+        .collect();
+    let current_agent = agent
+        .and_then(|a| agent_policies.iter().find(|p| p.id == a))
+        .map(|p| AgentOption {
+            id: p.id,
+            name: p.name.clone(),
+            version: p.version,
+        });
     let Json(versions) = policy_routes::list_versions(
         State(state.clone()),
         page.access.clone(),
         Path((page.slug().to_owned(), id)),
+        ApiQuery(PolicyScope { agent }),
     )
     .await?;
     let versions = versions
@@ -517,6 +618,7 @@ async fn policy_view(
                 .and_then(|u| emails.get(&u).cloned())
                 .unwrap_or_else(|| "a former member".into()),
             enforced: Some(v.version) == enforced,
+            shadow: Some(v.version) == shadow,
         })
         .collect();
     let diff = policy
@@ -551,6 +653,11 @@ async fn policy_view(
             problems,
             diff,
             versions,
+            agent: current_agent,
+            agent_policies,
+            other_agents,
+            published: enforced,
+            shadow,
         }),
     )
         .into_response())
@@ -567,12 +674,22 @@ async fn policy_page(
         (Some("published"), Some(v)) => Flash::ok(format!(
             "Published version {v}: every gateway enforces it now."
         )),
+        (Some("shadow"), Some(v)) => Flash::ok(format!(
+            "Version {v} runs in shadow: every call is evaluated against it too, and only recorded."
+        )),
+        (Some("stopped"), _) => Flash::ok("The shadow version is no longer evaluated."),
+        (Some("created"), _) => Flash::ok(
+            "This agent has its own policy now, copied from the server's. Publish it to make it govern the agent.",
+        ),
+        (Some("removed"), _) => {
+            Flash::ok("The agent's own policy is removed: the server's policy governs it again.")
+        }
         (Some("restored"), Some(v)) => Flash::ok(format!(
             "Version {v} is in the draft. Publish to enforce it again."
         )),
         _ => None,
     };
-    policy_view(&state, &page, ids.1, flash, None).await
+    policy_view(&state, &page, ids.1, done.agent, flash, None).await
 }
 
 async fn save_policy(
@@ -583,38 +700,62 @@ async fn save_policy(
 ) -> PageResult {
     page.session.check_csrf(&state, &form)?;
     let id = ids.1;
+    let agent = agent_field(&form)?;
     let text = form.get("document").unwrap_or_default().to_owned();
     let document: Value = match serde_json::from_str(&text) {
         Ok(v) => v,
         Err(e) => {
             let problem = FieldProblem::new("", format!("the document is not valid JSON: {e}"));
-            return policy_view(&state, &page, id, None, Some((text, vec![problem]))).await;
+            return policy_view(&state, &page, id, agent, None, Some((text, vec![problem]))).await;
         }
     };
     match policy_routes::put_policy(
         State(state.clone()),
         page.access.clone(),
         Path(ids.clone()),
+        ApiQuery(PolicyScope { agent }),
         Json(document),
     )
     .await
     {
         Ok(_) => {}
         Err(e) if e.status == StatusCode::UNPROCESSABLE_ENTITY => {
-            return policy_view(&state, &page, id, None, Some((text, e.problems))).await;
+            return policy_view(&state, &page, id, agent, None, Some((text, e.problems))).await;
         }
         Err(e) => return Err(e.into()),
     }
-    let target = if form.get("action") == Some("publish") {
-        let Json(published) =
-            policy_routes::publish(State(state.clone()), page.access.clone(), Path(ids)).await?;
-        format!(
-            "/app/{}/servers/{id}/policy?done=published&v={}",
+    let action = form.get("action").unwrap_or("save");
+    let target = if matches!(action, "publish" | "shadow") {
+        let Json(published) = policy_routes::publish(
+            State(state.clone()),
+            page.access.clone(),
+            Path(ids),
+            ApiQuery(PolicyScope { agent }),
+            OptionalJson(Some(policy_routes::PublishRequest {
+                mode: Some(
+                    if action == "shadow" {
+                        "shadow"
+                    } else {
+                        "enforced"
+                    }
+                    .into(),
+                ),
+            })),
+        )
+        .await?;
+        let done = if action == "shadow" {
+            "shadow"
+        } else {
+            "published"
+        };
+        policy_url(
             page.slug(),
-            published.version
+            id,
+            agent,
+            &format!("done={done}&v={}", published.version),
         )
     } else {
-        format!("/app/{}/servers/{id}/policy?done=saved", page.slug())
+        policy_url(page.slug(), id, agent, "done=saved")
     };
     Ok(Redirect::to(&target).into_response())
 }
@@ -627,24 +768,139 @@ async fn restore(
 ) -> PageResult {
     page.session.check_csrf(&state, &form)?;
     let (slug, id, n) = ids;
+    let agent = agent_field(&form)?;
     let Json(version) = policy_routes::get_version(
         State(state.clone()),
         page.access.clone(),
         Path((slug.clone(), id, n)),
+        ApiQuery(PolicyScope { agent }),
     )
     .await?;
     policy_routes::put_policy(
         State(state.clone()),
         page.access.clone(),
         Path((slug, id)),
+        ApiQuery(PolicyScope { agent }),
         Json(version.document),
     )
     .await?;
-    Ok(Redirect::to(&format!(
-        "/app/{}/servers/{id}/policy?done=restored&v={n}",
-        page.slug()
+    Ok(Redirect::to(&policy_url(
+        page.slug(),
+        id,
+        agent,
+        &format!("done=restored&v={n}"),
     ))
     .into_response())
+}
+
+async fn create_agent_policy(
+    State(state): State<ConsoleState>,
+    page: OrgPage,
+    Path(ids): Path<(String, Uuid)>,
+    form: FormData,
+) -> PageResult {
+    page.session.check_csrf(&state, &form)?;
+    let id = ids.1;
+    let Some(agent) = agent_field(&form)? else {
+        return Err(crate::error::ApiError::bad_request("invalid_body", "choose an agent").into());
+    };
+    policy_routes::create_agent_policy(
+        State(state.clone()),
+        page.access.clone(),
+        Path(ids),
+        Json(policy_routes::CreateAgentPolicyRequest { agent_id: agent }),
+    )
+    .await?;
+    Ok(Redirect::to(&policy_url(page.slug(), id, Some(agent), "done=created")).into_response())
+}
+
+async fn delete_agent_policy(
+    State(state): State<ConsoleState>,
+    page: OrgPage,
+    Path(ids): Path<(String, Uuid, Uuid)>,
+    form: FormData,
+) -> PageResult {
+    page.session.check_csrf(&state, &form)?;
+    let id = ids.1;
+    policy_routes::delete_agent_policy(State(state.clone()), page.access.clone(), Path(ids))
+        .await?;
+    Ok(Redirect::to(&policy_url(page.slug(), id, None, "done=removed")).into_response())
+}
+
+async fn stop_shadow(
+    State(state): State<ConsoleState>,
+    page: OrgPage,
+    Path(ids): Path<(String, Uuid)>,
+    form: FormData,
+) -> PageResult {
+    page.session.check_csrf(&state, &form)?;
+    let id = ids.1;
+    let agent = agent_field(&form)?;
+    policy_routes::stop_shadow(
+        State(state.clone()),
+        page.access.clone(),
+        Path(ids),
+        ApiQuery(PolicyScope { agent }),
+    )
+    .await?;
+    Ok(Redirect::to(&policy_url(page.slug(), id, agent, "done=stopped")).into_response())
+}
+
+#[derive(Template)]
+#[template(path = "server_preview.html")]
+struct PreviewFragment {
+    preview: Option<crate::routes::impact::PreviewResponse>,
+    error: Option<String>,
+    problems: Vec<FieldProblem>,
+}
+
+/// The impact preview of the document in the builder (an htmx fragment).
+async fn preview(
+    State(state): State<ConsoleState>,
+    page: OrgPage,
+    Path(ids): Path<(String, Uuid)>,
+    form: FormData,
+) -> PageResult {
+    page.session.check_csrf(&state, &form)?;
+    let agent = agent_field(&form)?;
+    let days = form.get("days").and_then(|d| d.trim().parse().ok());
+    let text = form.get("document").unwrap_or_default();
+    let document: Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            return Ok(render(&PreviewFragment {
+                preview: None,
+                error: Some(format!("The document is not valid JSON: {e}")),
+                problems: Vec::new(),
+            })
+            .into_response());
+        }
+    };
+    let outcome = crate::routes::impact::preview(
+        State(state.clone()),
+        page.access.clone(),
+        Path(ids),
+        ApiQuery(PolicyScope { agent }),
+        OptionalJson(Some(crate::routes::impact::PreviewRequest {
+            days,
+            document: Some(document),
+        })),
+    )
+    .await;
+    let fragment = match outcome {
+        Ok(Json(preview)) => PreviewFragment {
+            preview: Some(preview),
+            error: None,
+            problems: Vec::new(),
+        },
+        Err(e) if e.status == StatusCode::UNPROCESSABLE_ENTITY => PreviewFragment {
+            preview: None,
+            error: Some(e.message.clone()),
+            problems: e.problems,
+        },
+        Err(e) => return Err(e.into()),
+    };
+    Ok(render(&fragment).into_response())
 }
 
 pub struct SimResult {
@@ -784,6 +1040,7 @@ async fn simulate(
         State(state.clone()),
         page.access.clone(),
         Path(ids),
+        ApiQuery(PolicyScope::default()),
         Json(request),
     )
     .await

@@ -55,6 +55,8 @@ pub struct ActivityQuery {
     pub since: Option<DateTime<Utc>>,
     /// Only the last `1h`, `24h` or `7d` (instead of `since`).
     pub period: Option<String>,
+    /// `differs`: only calls where a version published in shadow decided otherwise.
+    pub shadow: Option<String>,
     /// At most this many (default 50, at most 500).
     pub limit: Option<i64>,
     /// Export only: `jsonl` (default) or `csv`.
@@ -83,6 +85,16 @@ impl ActivityQuery {
                 ));
             }
         };
+        let shadow_differs = match self.shadow.as_deref().unwrap_or("") {
+            "" => false,
+            "differs" => true,
+            other => {
+                return Err(ApiError::bad_request(
+                    "bad_query",
+                    format!("shadow must be \"differs\", not {other:?}"),
+                ));
+            }
+        };
         Ok(Filter {
             server_id: self.server,
             agent_id: self.agent,
@@ -90,6 +102,7 @@ impl ActivityQuery {
             decision: self.decision.clone().filter(|d| !d.is_empty()),
             before: self.before,
             since: period.map(|p| Utc::now() - p).or(self.since),
+            shadow_differs,
         })
     }
 }
@@ -111,8 +124,12 @@ pub struct EventView {
     pub rule: Option<String>,
     pub reason: Option<String>,
     pub policy_version: Option<i32>,
+    /// Which document decided: `server` (the server's policy) or `agent` (the agent's own).
+    pub policy_scope: Option<&'static str>,
     pub latency_ms: Option<f64>,
     pub upstream_status: Option<i32>,
+    /// On a call evaluated beside a shadow version: `{version, decision, rule, differs}`.
+    pub shadow: Option<Value>,
 }
 
 impl From<Event> for EventView {
@@ -133,9 +150,17 @@ impl From<Event> for EventView {
             decision: e.decision,
             rule: e.rule,
             reason: e.reason,
+            policy_scope: e.policy_version.map(|_| {
+                if e.policy_agent_id.is_some() {
+                    "agent"
+                } else {
+                    "server"
+                }
+            }),
             policy_version: e.policy_version,
             latency_ms: e.latency_ms,
             upstream_status: e.upstream_status,
+            shadow: e.shadow,
         }
     }
 }

@@ -4,6 +4,7 @@ pub(crate) mod accounts;
 pub(crate) mod activity;
 pub(crate) mod agents;
 pub(crate) mod approvals;
+pub(crate) mod impact;
 pub(crate) mod policies;
 pub(crate) mod servers;
 pub(crate) mod settings;
@@ -18,6 +19,7 @@ pub fn router() -> OpenApiRouter<ConsoleState> {
         .merge(agents::router())
         .merge(servers::router())
         .merge(policies::router())
+        .merge(impact::router())
         .merge(settings::router())
         .merge(approvals::router())
         .merge(activity::router())
