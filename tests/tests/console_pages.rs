@@ -669,6 +669,28 @@ async fn the_builder_gives_an_agent_its_own_policy_runs_a_shadow_and_previews_im
         )
         .await;
     assert_eq!(server_policy["published"]["document"]["default"], "allow");
+    // The simulate page offers the agent's policy too.
+    let simulate = format!("{}/app/acme/servers/{sid}/simulate", app.base_url);
+    let (_, html) = page(&client, &simulate).await;
+    assert!(
+        html.contains(&format!(
+            "<option value=\"{ci}\" >ci-runner's own policy</option>"
+        )) || html.contains("ci-runner&#x27;s own policy"),
+        "{html}"
+    );
+    let (status, _, html) = post(
+        simulate,
+        vec![
+            ("_csrf", token.clone()),
+            ("tool", "echo".into()),
+            ("arguments", r#"{"text": "hi"}"#.into()),
+            ("agent", ci.clone()),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("own policy, published version 1)"), "{html}");
+    assert!(html.contains("by <code>/default</code>"), "{html}");
 
     // The server's draft published in shadow, then stopped.
     let (status, location, _) = post(

@@ -928,6 +928,9 @@ struct SimulatePage {
     skeletons_json: String,
     result: Option<SimResult>,
     error: Option<String>,
+    /// The agents with their own policy: simulate theirs instead of the server's.
+    agent_policies: Vec<AgentOption>,
+    agent: Option<Uuid>,
 }
 
 /// Example arguments from a tool's input schema: each property with an empty value of its type.
@@ -955,11 +958,20 @@ async fn simulate_view(
     state: &ConsoleState,
     page: &OrgPage,
     id: Uuid,
-    input: Option<(String, String, bool)>,
+    input: Option<(String, String, bool, Option<Uuid>)>,
     result: Option<SimResult>,
     error: Option<String>,
 ) -> PageResult {
     let server = head(state, page, id).await?;
+    let agent_policies = policies::agent_policies(state.db(), page.access.org_id(), id)
+        .await?
+        .into_iter()
+        .map(|a| AgentOption {
+            id: a.agent_id,
+            name: a.agent_name,
+            version: a.version,
+        })
+        .collect();
     let tools = servers::tools(state.db(), page.access.org_id(), id).await?;
     let skeletons: serde_json::Map<String, Value> = tools
         .iter()
@@ -972,7 +984,7 @@ async fn simulate_view(
             )
         })
         .collect();
-    let (selected, arguments, draft) = input.unwrap_or_else(|| {
+    let (selected, arguments, draft, agent) = input.unwrap_or_else(|| {
         let first = tools.first();
         (
             first.map(|t| t.name.clone()).unwrap_or_default(),
@@ -980,6 +992,7 @@ async fn simulate_view(
                 .map(|t| serde_json::to_string_pretty(&skeleton(&t.definition)).unwrap_or_default())
                 .unwrap_or_else(|| "{}".into()),
             server.published.is_none(),
+            None,
         )
     });
     Ok(render(&SimulatePage {
@@ -996,6 +1009,8 @@ async fn simulate_view(
         skeletons_json: Value::Object(skeletons).to_string(),
         result,
         error,
+        agent_policies,
+        agent,
     }))
 }
 
@@ -1018,7 +1033,8 @@ async fn simulate(
     let tool = form.text("tool");
     let text = form.get("arguments").unwrap_or_default().to_owned();
     let draft = form.get("draft") == Some("true");
-    let input = Some((tool.clone(), text.clone(), draft));
+    let agent = agent_field(&form)?;
+    let input = Some((tool.clone(), text.clone(), draft, agent));
     let arguments: Value = if text.trim().is_empty() {
         json!({})
     } else {
@@ -1033,14 +1049,14 @@ async fn simulate(
     let request = SimulateRequest {
         tool,
         arguments,
-        agent_id: None,
+        agent_id: agent,
         draft,
     };
     match policy_routes::simulate(
         State(state.clone()),
         page.access.clone(),
         Path(ids),
-        ApiQuery(PolicyScope::default()),
+        ApiQuery(PolicyScope { agent }),
         Json(request),
     )
     .await
@@ -1049,9 +1065,11 @@ async fn simulate(
             let result = SimResult {
                 decision: r.decision.to_owned(),
                 rule: r.rule,
-                policy: match r.version {
-                    Some(v) => format!("published version {v}"),
-                    None => "draft".into(),
+                policy: match (r.version, agent.is_some()) {
+                    (Some(v), false) => format!("published version {v}"),
+                    (None, false) => "draft".into(),
+                    (Some(v), true) => format!("the agent's own policy, published version {v}"),
+                    (None, true) => "the agent's own policy, draft".into(),
                 },
                 agent_text: r.agent_text,
                 limits: r
