@@ -239,6 +239,37 @@ async fn sign_up_to_gateway_url() {
             .contains("Nothing is waiting for approval.")
     );
     b.screenshots("11-approved").await;
+
+    // Before changing the policy: replay the calls just made against a stricter draft in the
+    // editor (htmx), then give the agent a policy of its own.
+    let sid = gateway_url.rsplit('/').next().unwrap().to_owned();
+    b.client
+        .goto(&format!("{}/app/acme/servers/{sid}/policy", app.base_url))
+        .await
+        .unwrap();
+    b.wait_for("#tool-rows .tool-row").await;
+    select(&b, "echo", "deny").await;
+    b.click("#preview button[hx-post]").await;
+    let summary = b.text("#preview-summary").await;
+    assert!(
+        summary.contains("would change outcome under this document"),
+        "{summary}"
+    );
+    assert!(b.text("#preview-result").await.contains("echo"));
+    b.client
+        .execute(
+            "document.querySelector('#preview').scrollIntoView()",
+            vec![],
+        )
+        .await
+        .unwrap();
+    b.screenshots("12-preview").await;
+    b.click("#policy-scope form[action$='/policy/agents'] button[type=submit]")
+        .await;
+    // The agent's view (only it offers to remove the agent's policy) once the page has loaded.
+    b.wait_for("#policy-scope form[action$='/delete']").await;
+    assert!(b.text("#policy-scope h2").await.contains("own policy"));
+    b.screenshots("13-agent-policy").await;
     browser.close().await;
     assert_eq!(upstream.calls("create_refund"), 0);
     assert_eq!(upstream.calls("echo"), 2);
