@@ -46,6 +46,11 @@ impl Fleet {
     /// Starts `portcullis {plane}` (serve, console or gateway) on loopback ports and waits until
     /// it answers `/healthz`. Migrations are left to the test database (`--no-migrate`).
     pub async fn start(&self, plane: &str) -> Process {
+        self.start_with(plane, &[]).await
+    }
+
+    /// [`Fleet::start`] with more flags.
+    pub async fn start_with(&self, plane: &str, extra: &[&str]) -> Process {
         let (port, admin) = (free_port(), free_port());
         let log = std::env::temp_dir().join(format!("portcullis-{plane}-{port}.log"));
         let stderr = std::fs::File::create(&log).expect("a log file");
@@ -56,6 +61,7 @@ impl Fleet {
             .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
             .args(["--public-url", &url])
             .args(["--allow-private-upstreams", "--no-migrate"])
+            .args(extra)
             .env("DATABASE_URL", &self.database_url)
             .env("PORTCULLIS_SECRET_KEY", &self.secret_key)
             .env_remove("PORTCULLIS_CONFIG")
@@ -95,5 +101,24 @@ impl Process {
     /// Kills the process at once (SIGKILL), as a crash would.
     pub async fn kill(mut self) {
         self.child.kill().await.ok();
+    }
+
+    /// Asks the process to stop (SIGTERM), as an orchestrator does.
+    pub fn terminate(&self) {
+        if let Some(pid) = self.child.id() {
+            let sent = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .expect("kill runs");
+            assert!(sent.success(), "kill -TERM {pid}");
+        }
+    }
+
+    /// Waits for the process to exit (at most 60 s).
+    pub async fn wait(&mut self) -> std::process::ExitStatus {
+        tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("the process exits within 60 s")
+            .expect("its status")
     }
 }

@@ -248,7 +248,7 @@ async fn sign_up_to_gateway_url() {
         .await
         .unwrap();
     b.wait_for("#tool-rows .tool-row").await;
-    select(&b, "echo", "deny").await;
+    select(b, "echo", "deny").await;
     b.click("#preview button[hx-post]").await;
     let summary = b.text("#preview-summary").await;
     assert!(

@@ -29,6 +29,8 @@ const LINGER: Duration = Duration::from_millis(50);
 #[derive(Debug, Clone)]
 pub struct ActivitySink {
     tx: mpsc::Sender<NewEvent>,
+    /// Asks the writer to write what is queued now, and says when it has.
+    flush: mpsc::Sender<tokio::sync::oneshot::Sender<()>>,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// Bytes in the spill file.
     spilled: Arc<AtomicU64>,
@@ -43,6 +45,7 @@ impl ActivitySink {
         spill_dir: Option<PathBuf>,
     ) -> (ActivitySink, tokio::task::JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<NewEvent>(QUEUE);
+        let (flush, mut flush_rx) = mpsc::channel::<tokio::sync::oneshot::Sender<()>>(4);
         let spilled = Arc::new(AtomicU64::new(0));
         let mut spill = spill_dir.map(|dir| Spill::new(dir, spilled.clone()));
         let task = tokio::spawn(async move {
@@ -51,6 +54,28 @@ impl ActivitySink {
                 let pending = spill.as_ref().is_some_and(Spill::pending);
                 let received = tokio::select! {
                     n = rx.recv_many(&mut batch, BATCH) => n,
+                    Some(done) = flush_rx.recv() => {
+                        // Everything queued before the request, in batches.
+                        while let Ok(event) = rx.try_recv() {
+                            batch.push(event);
+                            if batch.len() == BATCH {
+                                match spill.as_mut() {
+                                    Some(spill) => spill.write(&db, &batch).await,
+                                    None => write(&db, &batch).await,
+                                }
+                                batch.clear();
+                            }
+                        }
+                        if !batch.is_empty() {
+                            match spill.as_mut() {
+                                Some(spill) => spill.write(&db, &batch).await,
+                                None => write(&db, &batch).await,
+                            }
+                            batch.clear();
+                        }
+                        let _ = done.send(());
+                        continue;
+                    }
                     () = tokio::time::sleep(Duration::from_secs(2)), if pending => {
                         if let Some(spill) = spill.as_mut() {
                             spill.replay(&db).await;
@@ -79,6 +104,7 @@ impl ActivitySink {
         (
             ActivitySink {
                 tx,
+                flush,
                 metrics,
                 spilled,
             },
@@ -103,6 +129,14 @@ impl ActivitySink {
         if let Err(e) = self.tx.try_send(sanitize(event)) {
             self.metrics.event_dropped();
             tracing::error!(error = %e, "activity queue full: an event was dropped");
+        }
+    }
+
+    /// Writes every event queued before this call; returns once they are written (or spilled).
+    pub async fn flush(&self) {
+        let (done, written) = tokio::sync::oneshot::channel();
+        if self.flush.send(done).await.is_ok() {
+            let _ = written.await;
         }
     }
 

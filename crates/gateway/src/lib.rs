@@ -48,6 +48,9 @@ pub struct GatewayConfig {
     pub policy_reload: Duration,
     /// Redis for counters shared by every gateway (None: in this process).
     pub redis_url: Option<String>,
+    /// While Redis is unreachable, refuse calls with rate limits instead of counting them in
+    /// this process.
+    pub limits_fail_closed: bool,
     /// Allow upstreams on loopback, private, link-local and metadata addresses (checked after
     /// DNS resolution on every connection). Off by default.
     pub allow_private_upstreams: bool,
@@ -72,6 +75,7 @@ impl Default for GatewayConfig {
             upstream_timeout: Duration::from_secs(60),
             policy_reload: Duration::from_secs(30),
             redis_url: None,
+            limits_fail_closed: false,
             allow_private_upstreams: false,
             approval_progress_interval: Duration::from_secs(10),
             approval_sweep: Duration::from_secs(30),
@@ -106,6 +110,8 @@ pub struct Gateway {
     /// Wakes the webhook delivery loop.
     pub webhooks: std::sync::OnceLock<Arc<tokio::sync::Notify>>,
     origin: Instant,
+    /// Set when the process begins to shut down: long-lived streams end.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 /// Why the gateway cannot start.
@@ -157,16 +163,14 @@ impl Gateway {
                 config.allow_private_upstreams,
             ),
             sessions: session::SessionSealer::new(key),
-            counters: limits::Counters {
-                memory: limits::MemoryCounters::new(),
-                redis,
-            },
+            counters: limits::Counters::new(redis, config.limits_fail_closed, metrics.clone()),
             mcp: mcp::McpState::default(),
             approvals: Arc::new(approvals::Waiters::new()),
             webhooks: std::sync::OnceLock::new(),
             arguments: arguments::ArgumentPolicy::default(),
             metrics,
             origin: Instant::now(),
+            stopping: tokio::sync::watch::Sender::new(false),
             policies: policies.clone(),
             agents: agents.clone(),
             activity,
@@ -209,6 +213,26 @@ impl Gateway {
             }
         });
         Ok(gateway)
+    }
+
+    /// The process is shutting down: server-initiated streams (GET) end now, so that only
+    /// calls in flight hold the shutdown (a held approval among them, until the grace period).
+    pub fn begin_shutdown(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Resolves once [`Gateway::begin_shutdown`] has been called.
+    pub(crate) fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.stopping.subscribe();
+        async move {
+            let _ = rx.wait_for(|stopping| *stopping).await;
+        }
+    }
+
+    /// Writes every activity event queued so far (to the database, or to the spill file while
+    /// the database is unreachable). For shutdown: bound it with a timeout.
+    pub async fn flush_activity(&self) {
+        self.activity.flush().await;
     }
 
     pub(crate) async fn reserve(&self, keys: &[limits::LimitKey]) -> limits::Outcome {

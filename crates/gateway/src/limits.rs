@@ -61,6 +61,9 @@ pub enum Outcome {
         index: usize,
         retry_after: Duration,
     },
+    /// The shared counters cannot be reached and the gateway runs with `--limits-fail-closed`:
+    /// a call with limits is refused rather than counted in this process alone.
+    Unavailable,
 }
 
 /// Counters kept in this process.
@@ -210,26 +213,76 @@ impl MemoryCounters {
 }
 
 /// The gateway's counters: in Redis when configured (shared by every gateway), else in this
-/// process. When Redis cannot be reached, decisions fall back to this process's counters and the
-/// log says so: limits then hold per process until Redis returns (the documented choice; a
-/// fail-closed mode comes with the reliability work).
+/// process. When Redis cannot be reached (an error, or no answer within [`REDIS_TIMEOUT`]),
+/// decisions fall back to this process's counters: limits then hold per process until Redis
+/// returns, a call is never refused or delayed for want of Redis. The log says so once when
+/// Redis goes and once when it returns, and the metrics `portcullis_limits_redis_up` and
+/// `portcullis_limits_fallback_decisions` say so all along. With `fail_closed`
+/// (`--limits-fail-closed`), a call with limits is refused instead while Redis is unreachable.
 #[derive(Debug, Default)]
 pub struct Counters {
     pub memory: MemoryCounters,
     pub redis: Option<crate::redis_limits::RedisCounters>,
+    pub fail_closed: bool,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    redis_down: std::sync::atomic::AtomicBool,
 }
 
+/// How long a decision waits for Redis before counting in this process.
+pub const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
+
 impl Counters {
+    pub fn new(
+        redis: Option<crate::redis_limits::RedisCounters>,
+        fail_closed: bool,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+    ) -> Counters {
+        metrics.set_redis_up(redis.is_some());
+        Counters {
+            memory: MemoryCounters::new(),
+            redis,
+            fail_closed,
+            metrics,
+            redis_down: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
     pub async fn reserve(&self, limits: &[LimitKey], now: Duration, clock: Instant) -> Outcome {
+        use std::sync::atomic::Ordering;
         if limits.is_empty() {
             return Outcome::Reserved(Reservation::default());
         }
         if let Some(redis) = &self.redis {
-            match redis.reserve(limits).await {
-                Ok(outcome) => return outcome,
-                Err(e) => {
-                    tracing::warn!(error = %e, "Redis unavailable: counting limits in this process")
+            let error = match tokio::time::timeout(REDIS_TIMEOUT, redis.reserve(limits)).await {
+                Ok(Ok(outcome)) => {
+                    if self.redis_down.swap(false, Ordering::Relaxed) {
+                        tracing::info!(
+                            "Redis is back: rate limits are shared between gateways again"
+                        );
+                        self.metrics.set_redis_up(true);
+                    }
+                    return outcome;
                 }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {} ms", REDIS_TIMEOUT.as_millis()),
+            };
+            if !self.redis_down.swap(true, Ordering::Relaxed) {
+                self.metrics.set_redis_up(false);
+                if self.fail_closed {
+                    tracing::error!(
+                        error,
+                        "Redis unavailable: refusing calls with rate limits until it returns (--limits-fail-closed)"
+                    );
+                } else {
+                    tracing::warn!(
+                        error,
+                        "Redis unavailable: counting rate limits in this process until it returns (limits hold per gateway meanwhile)"
+                    );
+                }
+            }
+            self.metrics.limits_fallback();
+            if self.fail_closed {
+                return Outcome::Unavailable;
             }
         }
         self.memory.reserve_at(limits, now, clock)
@@ -244,7 +297,9 @@ impl Counters {
             if let Some(redis) = self.redis.clone() {
                 tokio::spawn(async move {
                     if let Err(e) = redis.release(&reservation.taken).await {
-                        tracing::warn!(error = %e, "could not release a limit reservation in Redis");
+                        // Said once already when Redis went; the reservation expires with its
+                        // window.
+                        tracing::debug!(error = %e, "could not release a limit reservation in Redis");
                     }
                 });
             }

@@ -954,6 +954,15 @@ impl Ctx {
                     .collect();
                 let reservation = match self.gw.reserve(&keys).await {
                     Outcome::Reserved(r) => r,
+                    Outcome::Unavailable => {
+                        let text = "[POLICY DENIED] this call's rate limits cannot be checked right now (the shared counters are unreachable); try again shortly";
+                        event.decision = "deny".into();
+                        event.rule = limits.first().map(|l| l.rule.clone()).or(event.rule);
+                        event.reason = Some(text.into());
+                        let rule = event.rule.clone();
+                        self.gw.activity.record(event);
+                        return refusal(&req.id, text, rule.as_deref(), Some(&*policy));
+                    }
                     Outcome::Exhausted { index, retry_after } => {
                         let limit = &limits[index];
                         event.decision = "rate_limited".into();
@@ -1493,7 +1502,13 @@ pub async fn get(
     });
     // The key is checked when the stream opens; a change to the agent (revoked, rotated, a
     // grant removed) ends it, and the client must come back with a key that still works.
-    let ended = agent_changed(gw.agent_changed.subscribe(), ctx.caller.agent.id);
+    let ended = futures_util::future::select(
+        Box::pin(agent_changed(
+            gw.agent_changed.subscribe(),
+            ctx.caller.agent.id,
+        )),
+        Box::pin(gw.stopped()),
+    );
     match upstream_events {
         Some(events) => {
             // The upstream's stream ends at its first error; ours goes on.

@@ -51,6 +51,8 @@ pub struct Metrics {
     policies_loaded: Gauge,
     dropped_events: Counter<u64, AtomicU64>,
     spill_bytes: Gauge,
+    redis_up: Gauge,
+    limits_fallbacks: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -125,7 +127,21 @@ impl Metrics {
             "Bytes of activity events waiting in the spill file for the database",
             spill_bytes.clone(),
         );
+        let redis_up = Gauge::default();
+        registry.register(
+            "limits_redis_up",
+            "1 while rate limits are counted in Redis (shared by the gateways), 0 when Redis is not configured or unreachable",
+            redis_up.clone(),
+        );
+        let limits_fallbacks = Counter::default();
+        registry.register(
+            "limits_fallback_decisions",
+            "Decisions whose limits were counted in this process (or refused with --limits-fail-closed) because Redis was unreachable",
+            limits_fallbacks.clone(),
+        );
         Metrics {
+            redis_up,
+            limits_fallbacks,
             spill_bytes,
             registry,
             requests,
@@ -166,6 +182,14 @@ impl Metrics {
 
     pub fn policy_reloaded(&self) {
         self.policy_reloads.inc();
+    }
+
+    pub fn set_redis_up(&self, up: bool) {
+        self.redis_up.set(i64::from(up));
+    }
+
+    pub fn limits_fallback(&self) {
+        self.limits_fallbacks.inc();
     }
 
     pub fn event_dropped(&self) {

@@ -123,6 +123,11 @@ pub struct ServerOpts {
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
+    /// While Redis is unreachable, refuse calls that have rate limits instead of counting them
+    /// in each gateway process (the default keeps calls flowing with per-process limits).
+    #[arg(long, env = "PORTCULLIS_LIMITS_FAIL_CLOSED")]
+    pub limits_fail_closed: bool,
+
     /// Secret key (at least 32 bytes, base64 or hex) for tokens, sessions and upstream
     /// credentials. Unset: generated once and kept in the data directory.
     #[arg(long, env = "PORTCULLIS_SECRET_KEY", hide_env_values = true)]
@@ -153,6 +158,11 @@ pub struct ServerOpts {
     /// Timeout of every upstream call, in seconds (held approvals excepted).
     #[arg(long, env = "PORTCULLIS_UPSTREAM_TIMEOUT", default_value_t = 60)]
     pub upstream_timeout: u64,
+
+    /// On SIGTERM or Ctrl-C: stop accepting, then give calls in flight this many seconds to
+    /// finish (server-initiated streams end at once), then write the queued activity events.
+    #[arg(long, env = "PORTCULLIS_SHUTDOWN_GRACE", default_value_t = 30)]
+    pub shutdown_grace: u64,
 
     /// Do not apply pending migrations at start.
     #[arg(long, env = "PORTCULLIS_NO_MIGRATE")]

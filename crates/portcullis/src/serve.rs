@@ -189,6 +189,7 @@ async fn serve(planes: Planes, opts: &ServerOpts, pool: &PgPool) -> anyhow::Resu
     // The bound address (port 0 picks one) is what clients put in their Host header.
     let bound = listener.local_addr()?;
     let mut app = axum::Router::new();
+    let mut gateway = None;
     // Health everywhere; metrics where a gateway runs.
     let mut admin_app = portcullis_gateway::health::router(pool.clone());
     if planes != Planes::Console {
@@ -206,15 +207,17 @@ async fn serve(planes: Planes, opts: &ServerOpts, pool: &PgPool) -> anyhow::Resu
             max_body_bytes: opts.max_body_bytes,
             upstream_timeout: std::time::Duration::from_secs(opts.upstream_timeout),
             redis_url: opts.redis_url.clone(),
+            limits_fail_closed: opts.limits_fail_closed,
             allow_private_upstreams: opts.allow_private_upstreams,
             console_url: Some(public_url.clone()),
             spill_dir: Some(opts.database.data_dir.clone()),
             ..portcullis_gateway::GatewayConfig::default()
         };
         // Fails closed: a gateway that cannot load the published policies does not serve.
-        let gateway = portcullis_gateway::Gateway::start(pool.clone(), &key, config).await?;
-        admin_app = portcullis_gateway::admin_router(gateway.clone());
-        app = app.merge(portcullis_gateway::router(gateway));
+        let started = portcullis_gateway::Gateway::start(pool.clone(), &key, config).await?;
+        admin_app = portcullis_gateway::admin_router(started.clone());
+        app = app.merge(portcullis_gateway::router(started.clone()));
+        gateway = Some(started);
     } else {
         app = app.merge(portcullis_gateway::health::router(pool.clone()));
     }
@@ -256,7 +259,7 @@ async fn serve(planes: Planes, opts: &ServerOpts, pool: &PgPool) -> anyhow::Resu
                 .await
         }
     });
-    axum::serve(
+    let server = axum::serve(
         // Nagle's algorithm with delayed ACKs adds ~40 ms to every small answer.
         listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
@@ -264,13 +267,46 @@ async fn serve(planes: Planes, opts: &ServerOpts, pool: &PgPool) -> anyhow::Resu
         // The client address counts failed log-ins per address.
         app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
-    .with_graceful_shutdown(async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down: finishing requests in flight");
-        stop_tx.send(true).ok();
+    .with_graceful_shutdown({
+        let gateway = gateway.clone();
+        let grace_seconds = opts.shutdown_grace;
+        async move {
+            shutdown_signal().await;
+            tracing::info!(
+                grace_seconds,
+                "shutting down: no new connections; finishing requests in flight"
+            );
+            // Streams that would never end by themselves (GET) end now.
+            if let Some(gateway) = &gateway {
+                gateway.begin_shutdown();
+            }
+            stop_tx.send(true).ok();
+        }
     })
-    .await?;
+    .into_future();
+    // In-flight requests get the grace period from the signal on, no longer.
+    let mut signalled = stop_rx.clone();
+    let grace = std::time::Duration::from_secs(opts.shutdown_grace);
+    tokio::select! {
+        served = server => served?,
+        () = async {
+            signalled.wait_for(|stop| *stop).await.ok();
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!(grace_seconds = opts.shutdown_grace, "requests still in flight after the grace period: stopping anyway");
+        }
+    }
     drop(stop_rx);
+    if let Some(gateway) = gateway {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), gateway.flush_activity())
+            .await
+        {
+            Ok(()) => tracing::info!("activity events written"),
+            Err(_) => tracing::warn!(
+                "activity events could not all be written within 10 s (those in the spill file are written at the next start)"
+            ),
+        }
+    }
     admin_task.await??;
     Ok(())
 }
