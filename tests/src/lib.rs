@@ -1,5 +1,6 @@
 //! Helpers shared by the end-to-end tests in `tests/`.
 //!
+//! - [`bench`]: what the benchmark binaries share.
 //! - [`browser`]: headless Chromium through chromedriver, with screenshots.
 //! - [`upstream`]: a real MCP server (rmcp, Streamable HTTP) to put behind the gateway.
 //! - [`client`]: a real MCP client (rmcp, Streamable HTTP) to put in front of it.
@@ -10,6 +11,7 @@
 
 use std::path::PathBuf;
 
+pub mod bench;
 pub mod browser;
 pub mod client;
 pub mod console;

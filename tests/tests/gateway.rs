@@ -240,3 +240,22 @@ async fn every_decision_is_an_activity_event() {
     assert_eq!(echo.rule.as_deref(), Some("/default"));
     assert_eq!(echo.agent_id, Some(gw.agent_id));
 }
+
+/// A server with no published policy shows no tools and refuses every call (fail closed).
+#[tokio::test]
+async fn a_server_without_a_published_policy_denies_everything() {
+    let upstream = TestUpstream::start().await;
+    let gw = gateway::start(&upstream.url, None).await;
+    let mcp = client::connect(&gw.mcp_url(), Some(&gw.agent_key))
+        .await
+        .unwrap();
+    assert!(mcp.list_all_tools().await.unwrap().is_empty());
+    let refused = mcp.call("echo", json!({"text": "hi"})).await.unwrap();
+    assert_eq!(
+        result_text(&refused),
+        "[POLICY DENIED] no policy is published for this server"
+    );
+    assert_eq!(refused.is_error, Some(true));
+    assert_eq!(upstream.calls("echo"), 0);
+    mcp.close().await.unwrap();
+}

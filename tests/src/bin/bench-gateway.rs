@@ -12,12 +12,11 @@
 //! database holding a 50-rule policy with globs and conditions. All three share the machine's
 //! cores; ratios within one run are what to compare.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use portcullis_tests::bench::{memory_kib, open_session, policy};
 use portcullis_tests::upstream::TestUpstream;
-use serde_json::{Value, json};
+use serde_json::json;
 
 struct Args {
     gateway_bin: String,
@@ -52,75 +51,11 @@ fn args() -> Args {
     args
 }
 
-/// 50 rules: exact names, globs, conditions and limits; `echo` is decided by a rule with
-/// conditions, so every measured call runs the condition code.
-fn policy() -> Value {
-    let mut tools = serde_json::Map::new();
-    for i in 0..30 {
-        tools.insert(
-            format!("tool_{i:02}"),
-            json!({"rate_limit": {"max": 1000, "window": "minute"}}),
-        );
-    }
-    for i in 0..12 {
-        tools.insert(
-            format!("group_{i:02}_*"),
-            json!({"action": "deny", "reason": "not for agents"}),
-        );
-    }
-    for i in 0..7 {
-        tools.insert(
-            format!("refund_{i}"),
-            json!({"deny_if": [{"conditions": [{"path": "args.amount", "op": "gt", "value": 100}]}]}),
-        );
-    }
-    tools.insert(
-        "echo".into(),
-        json!({
-            "require": [{"path": "args.text", "op": "exists"}],
-            "deny_if": [{"conditions": [{"path": "args.text", "op": "regex", "value": "^DROP TABLE"}],
-                         "on_deny": "no SQL"}],
-        }),
-    );
-    json!({"version": "1", "default": "deny", "hide": ["delete_*", "admin_*"], "tools": tools})
-}
-
 struct Stats {
     rps: f64,
     p50: Duration,
     p99: Duration,
     errors: usize,
-}
-
-async fn open_session(http: &reqwest::Client, url: &str, key: Option<&str>) -> Option<String> {
-    let mut req = http
-        .post(url)
-        .header("accept", "application/json, text/event-stream")
-        .json(&json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}}}));
-    if let Some(k) = key {
-        req = req.bearer_auth(k);
-    }
-    let resp = req.send().await.expect("initialize");
-    assert!(resp.status().is_success(), "initialize: {}", resp.status());
-    let session = resp
-        .headers()
-        .get("mcp-session-id")
-        .map(|v| v.to_str().unwrap().to_owned());
-    resp.bytes().await.ok();
-    let mut ack = http
-        .post(url)
-        .header("accept", "application/json, text/event-stream")
-        .json(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
-    if let Some(k) = key {
-        ack = ack.bearer_auth(k);
-    }
-    if let Some(s) = &session {
-        ack = ack.header("mcp-session-id", s);
-        ack = ack.header("mcp-protocol-version", "2025-06-18");
-    }
-    ack.send().await.expect("initialized").bytes().await.ok();
-    session
 }
 
 async fn run(url: &str, key: Option<&str>, concurrency: usize, seconds: u64) -> Stats {
@@ -202,15 +137,6 @@ async fn run(url: &str, key: Option<&str>, concurrency: usize, seconds: u64) -> 
     }
 }
 
-fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::main]
 async fn main() {
     let args = args();
@@ -221,48 +147,8 @@ async fn main() {
     let rules = doc["tools"].as_object().unwrap().len();
     let seeded = portcullis_tests::gateway::seed(&upstream.url, Some(doc)).await;
 
-    let mut child = Command::new(&args.gateway_bin)
-        .args([
-            "--log-format",
-            "json",
-            "gateway",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--no-migrate",
-            "--allow-private-upstreams",
-        ])
-        .env("DATABASE_URL", seeded.db.url())
-        .env(
-            "PORTCULLIS_SECRET_KEY",
-            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
-        )
-        .env("RUST_LOG", "warn,portcullis=info")
-        // GATEWAY_X=v in the harness's environment sets X=v for the gateway alone (e.g.
-        // GATEWAY_TOKIO_WORKER_THREADS=1).
-        .envs(
-            std::env::vars()
-                .filter_map(|(k, v)| k.strip_prefix("GATEWAY_").map(|k| (k.to_owned(), v))),
-        )
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot start {}: {e} (build it with cargo build --release)",
-                args.gateway_bin
-            )
-        });
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let listen = loop {
-        let line = lines.next().expect("the gateway exited").unwrap();
-        if let Ok(v) = serde_json::from_str::<Value>(&line)
-            && v["fields"]["message"] == "Portcullis is serving"
-        {
-            break v["fields"]["listen"].as_str().unwrap().to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let (mut child, listen) =
+        portcullis_tests::bench::spawn_gateway(&args.gateway_bin, &seeded.db.url());
     let gateway_url = format!("http://{listen}/mcp/{}", seeded.server_id);
 
     println!(
@@ -296,7 +182,7 @@ async fn main() {
     }
     println!(
         "gateway peak RSS: {:.1} MiB",
-        peak_rss_kib(child.id()) as f64 / 1024.0
+        memory_kib(child.id(), "VmHWM") as f64 / 1024.0
     );
     child.kill().ok();
     child.wait().ok();
