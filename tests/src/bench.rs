@@ -76,7 +76,7 @@ pub async fn open_session(http: &reqwest::Client, url: &str, key: Option<&str>) 
 /// process and the address it listens on. `GATEWAY_X=v` in the harness's environment sets `X=v`
 /// for the gateway alone (e.g. `GATEWAY_TOKIO_WORKER_THREADS=1`).
 pub fn spawn_gateway(bin: &str, database_url: &str) -> (Child, String) {
-    let mut child = Command::new(&bin)
+    let mut child = Command::new(bin)
         .args([
             "--log-format",
             "json",
