@@ -17,6 +17,8 @@ pub struct TestApp {
     pub api: Api,
     pub db: TestDatabase,
     pub gateway: Arc<Gateway>,
+    /// The secret key (hex), for other processes of the same deployment.
+    pub secret_key: String,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -67,7 +69,8 @@ impl TestApp {
 
     pub async fn start_with(mut config: ConsoleConfig) -> TestApp {
         let db = fresh_database().await.expect("a test database");
-        let key = SecretKey::generate().expect("a secret key");
+        let secret_key = crate::process::new_secret_key();
+        let key = SecretKey::parse(&secret_key).expect("a secret key");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -94,6 +97,7 @@ impl TestApp {
             api: Api::new(&base_url),
             db,
             gateway,
+            secret_key,
             task,
         }
     }

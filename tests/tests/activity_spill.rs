@@ -1,7 +1,7 @@
 //! No activity event is lost when PostgreSQL goes away: the gateway's connection to the database
 //! runs through a TCP proxy the test cuts and restores. While it is cut, allowed calls keep
 //! flowing (cached policies and keys) and their events go to the spill file; once it is back,
-//! they arrive, once each, in order.
+//! they arrive, once each, in order. The console, meanwhile, answers 503 and recovers by itself.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -187,4 +187,66 @@ async fn events_written_while_the_database_is_away_arrive_once_in_order() {
     })
     .await;
     mcp.close().await.unwrap();
+}
+
+/// The console while PostgreSQL is away: every API answer is 503 with the error shape and a
+/// `Retry-After` (never a hang, never a 500), and it recovers by itself when the database is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_answers_503_while_the_database_is_away_and_recovers_by_itself() {
+    let db = portcullis_store::testing::fresh_database().await.unwrap();
+    let mut proxy = Proxy::start(&db.options).await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(5)
+        .acquire_timeout(Duration::from_millis(500))
+        .connect_with(proxy.options(&db.options, &db.name))
+        .await
+        .expect("a pool through the proxy");
+    let console = portcullis_console::ConsoleState::new(
+        pool,
+        &SecretKey::generate().unwrap(),
+        portcullis_tests::console::test_config(),
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = portcullis_console::router(console)
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    tokio::spawn(async move { axum::serve(listener, app).await.ok() });
+    let api = portcullis_tests::console::Api::new(&base);
+    let account = api.signup("ops@down.test", "Down").await;
+    let me = |api: portcullis_tests::console::Api, token: String| async move {
+        api.http
+            .get(format!("{}/api/v1/me", api.base_url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    };
+    assert_eq!(me(api.clone(), account.token.clone()).await.status(), 200);
+
+    proxy.cut();
+    let started = std::time::Instant::now();
+    let down = eventually(
+        "503 while the database is away",
+        Duration::from_secs(10),
+        || {
+            let (api, token) = (api.clone(), account.token.clone());
+            async move {
+                let resp = me(api, token).await;
+                (resp.status() == 503).then_some(resp)
+            }
+        },
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(down.headers().contains_key("retry-after"));
+    let body: serde_json::Value = down.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+
+    proxy.restore().await;
+    eventually("the console recovers", Duration::from_secs(15), || {
+        let (api, token) = (api.clone(), account.token.clone());
+        async move { (me(api, token).await.status() == 200).then_some(()) }
+    })
+    .await;
 }

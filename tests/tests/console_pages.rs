@@ -303,11 +303,44 @@ async fn sessions_csrf_and_security_headers() {
         .send()
         .await
         .unwrap();
+    // Over https the cookie is `__Host-` (Secure, path /, no Domain: a subdomain cannot plant
+    // or overwrite it), and a cookie without the prefix is not a session there.
+    let cookie = response.headers()[SET_COOKIE].to_str().unwrap().to_owned();
     assert!(
-        response.headers()[SET_COOKIE]
-            .to_str()
-            .unwrap()
-            .contains("; Secure")
+        cookie.starts_with("__Host-pcl_session=")
+            && cookie.contains("; Path=/;")
+            && cookie.contains("; Secure")
+            && !cookie.contains("Domain"),
+        "{cookie}"
+    );
+    let token = cookie["__Host-pcl_session=".len()..]
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let location = |cookie: String| {
+        let url = format!("{}/app", tls.base_url);
+        async move {
+            let response = browser()
+                .get(url)
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::SEE_OTHER);
+            response.headers()[LOCATION].to_str().unwrap().to_owned()
+        }
+    };
+    assert_eq!(
+        location(format!("__Host-pcl_session={token}")).await,
+        "/app/b",
+        "a signed-in person goes to their organization"
+    );
+    assert!(
+        location(format!("pcl_session={token}"))
+            .await
+            .starts_with("/login"),
+        "a cookie without the prefix is not a session over https"
     );
 }
 

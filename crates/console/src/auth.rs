@@ -154,7 +154,7 @@ impl FromRequestParts<ConsoleState> for Caller {
         }
         // The browser's session cookie: a request that changes anything must also carry the
         // session's CSRF token in X-CSRF-Token (a cross-site page cannot read it).
-        if let Some(token) = session_token(&parts.headers) {
+        if let Some(token) = session_token(&parts.headers, state.secure_cookies()) {
             let user_id =
                 state.inner.tokens.verify(&token).ok_or_else(|| {
                     ApiError::unauthorized("the session has expired; sign in again")
@@ -179,29 +179,44 @@ impl FromRequestParts<ConsoleState> for Caller {
     }
 }
 
-/// The session cookie's name.
+/// The session cookie's name over plain HTTP (development, a private network).
 pub const SESSION_COOKIE: &str = "pcl_session";
+/// Its name over HTTPS: the `__Host-` prefix makes the browser refuse it unless it is `Secure`,
+/// for path `/`, with no `Domain`: a sibling subdomain cannot plant or overwrite it.
+pub const SECURE_SESSION_COOKIE: &str = "__Host-pcl_session";
 /// The header carrying the CSRF token on API calls made with the session cookie.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
-/// The value of the session cookie, if the request has one.
-pub fn session_token(headers: &axum::http::HeaderMap) -> Option<String> {
+/// The session cookie's name when the console is (`secure`) or is not served over HTTPS.
+pub fn session_cookie_name(secure: bool) -> &'static str {
+    if secure {
+        SECURE_SESSION_COOKIE
+    } else {
+        SESSION_COOKIE
+    }
+}
+
+/// The value of the session cookie, if the request has one. Over HTTPS only the `__Host-`
+/// cookie counts (a plain one could have been planted by a subdomain).
+pub fn session_token(headers: &axum::http::HeaderMap, secure: bool) -> Option<String> {
+    let name = session_cookie_name(secure);
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
+        .find(|(n, _)| *n == name)
         .map(|(_, value)| value.trim().to_owned())
         .filter(|v| !v.is_empty())
 }
 
 /// `Set-Cookie` for a session: HttpOnly (scripts cannot read it), SameSite=Lax (not sent on
-/// cross-site posts), Secure when the console is served over https, one hour.
+/// cross-site posts), `__Host-` and Secure when the console is served over https, one hour.
 pub fn session_cookie(token: &str, secure: bool) -> String {
     format!(
-        "{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{}",
+        "{}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{}",
+        session_cookie_name(secure),
         TOKEN_LIFETIME.as_secs(),
         if secure { "; Secure" } else { "" }
     )
@@ -210,7 +225,8 @@ pub fn session_cookie(token: &str, secure: bool) -> String {
 /// `Set-Cookie` that ends the session.
 pub fn clear_session_cookie(secure: bool) -> String {
     format!(
-        "{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{}",
+        "{}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{}",
+        session_cookie_name(secure),
         if secure { "; Secure" } else { "" }
     )
 }

@@ -100,3 +100,110 @@ async fn a_call_held_by_one_gateway_process_is_approved_through_another_and_comp
     );
     assert_eq!(upstream.calls("deploy_webapp"), 1);
 }
+
+/// A gateway process killed (SIGKILL) while it holds a call for approval and has a session open:
+/// the session continues on another gateway, and the approval becomes abandoned instead of
+/// pending forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_gateways_sessions_continue_elsewhere_and_its_held_approvals_are_abandoned() {
+    let app = TestApp::start().await;
+    let upstream = TestUpstream::start().await;
+    let admin = app.signup("ada@acme.test", "Acme").await;
+    let server = app
+        .register(&admin.token, "acme", "deploys", &upstream.url)
+        .await;
+    let sid = server["id"].as_str().unwrap().to_owned();
+    app.publish_policy(
+        &admin.token,
+        "acme",
+        &sid,
+        None,
+        &json!({"version": "1", "default": "allow",
+                "tools": {"deploy_webapp": {"action": "require_approval",
+                                            "approval": {"timeout": "1h"}}}}),
+    )
+    .await;
+    let (_, key) = app.create_agent(&admin.token, "acme", "ci").await;
+    let victim = Fleet {
+        bin: env!("CARGO_BIN_EXE_portcullis").into(),
+        database_url: app.db.url(),
+        secret_key: app.secret_key.clone(),
+        redis_url: None,
+    }
+    .start("gateway")
+    .await;
+    let on_victim = format!("{}/mcp/{sid}", victim.url);
+    let session = portcullis_tests::gateway::initialize(&on_victim, &key).await;
+    let held = tokio::spawn({
+        let (url, key, session) = (on_victim.clone(), key.clone(), session.clone());
+        async move {
+            portcullis_tests::gateway::rpc(
+                &url,
+                &key,
+                Some(&session),
+                json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                       "params": {"name": "deploy_webapp", "arguments": {"service": "web"}}}),
+            )
+            .await
+            .text()
+            .await
+        }
+    });
+    let approval: Value = eventually("held by the victim", Duration::from_secs(15), || async {
+        let (_, body) = app.get("/api/v1/orgs/acme/approvals", &admin.token).await;
+        body["approvals"]
+            .as_array()
+            .and_then(|a| a.first().cloned())
+    })
+    .await;
+    let id = approval["id"].as_str().unwrap().to_owned();
+
+    victim.kill().await;
+    // The client's held call ends (its connection is gone); it is not answered as approved.
+    let ended = tokio::time::timeout(Duration::from_secs(15), held)
+        .await
+        .expect("the held call ends with the process")
+        .unwrap();
+    assert!(ended.map_or(true, |text| !text.contains("deployed web")));
+
+    // The session goes on through the surviving gateway.
+    let on_survivor = format!("{}/mcp/{sid}", app.base_url);
+    let listed = portcullis_tests::gateway::rpc(
+        &on_survivor,
+        &key,
+        Some(&session),
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+    )
+    .await;
+    assert_eq!(listed.status(), StatusCode::OK);
+    assert!(listed.text().await.unwrap().contains("deploy_webapp"));
+
+    // The approval is abandoned by the survivor's sweep, not left pending.
+    let status: String = eventually(
+        "the approval abandoned",
+        Duration::from_secs(15),
+        || async {
+            let status: String = sqlx::query_scalar("SELECT status FROM approvals WHERE id = $1")
+                .bind(id.parse::<uuid::Uuid>().unwrap())
+                .fetch_one(&app.db.pool)
+                .await
+                .unwrap();
+            (status != "pending").then_some(status)
+        },
+    )
+    .await;
+    assert_eq!(status, "abandoned");
+    let (status, _) = app
+        .post(
+            &format!("/api/v1/orgs/acme/approvals/{id}/approve"),
+            &admin.token,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "an abandoned approval cannot be approved"
+    );
+    assert_eq!(upstream.calls("deploy_webapp"), 0);
+}

@@ -32,8 +32,8 @@ struct Landing {
 }
 
 async fn landing(State(state): State<ConsoleState>, headers: HeaderMap) -> Response {
-    let signed_in =
-        session_token(&headers).is_some_and(|t| state.inner.tokens.verify(&t).is_some());
+    let signed_in = session_token(&headers, state.secure_cookies())
+        .is_some_and(|t| state.inner.tokens.verify(&t).is_some());
     if signed_in {
         return Redirect::to("/app").into_response();
     }
@@ -218,7 +218,7 @@ async fn logout(
     headers: HeaderMap,
     form: FormData,
 ) -> PageResult {
-    if let Some(token) = session_token(&headers)
+    if let Some(token) = session_token(&headers, state.secure_cookies())
         && !state.csrf_matches(&token, form.get("_csrf").unwrap_or_default())
     {
         return Err(PageError::Csrf);

@@ -259,7 +259,7 @@ impl FromRequestParts<ConsoleState> for Session {
                 .map(|p| p.as_str().to_owned())
                 .unwrap_or_else(|| "/app".into()),
         };
-        let token = session_token(&parts.headers).ok_or_else(sign_in)?;
+        let token = session_token(&parts.headers, state.secure_cookies()).ok_or_else(sign_in)?;
         let user_id = state.inner.tokens.verify(&token).ok_or_else(sign_in)?;
         Ok(Session {
             user_id,
