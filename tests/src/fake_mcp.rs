@@ -14,6 +14,7 @@ pub struct FakeMcp {
     /// `http://127.0.0.1:PORT`
     pub url: String,
     tools: Arc<Mutex<Vec<Value>>>,
+    requests: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -33,11 +34,14 @@ impl FakeMcp {
     pub async fn start(tools: Vec<Value>) -> FakeMcp {
         let tools = Arc::new(Mutex::new(tools));
         let shared = tools.clone();
+        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = requests.clone();
         let app = Router::new()
             .route(
                 "/mcp",
                 post(move |body: axum::Json<Value>| {
                     let tools = shared.clone();
+                    counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     async move { answer(&body.0, &tools) }
                 }),
             )
@@ -51,12 +55,22 @@ impl FakeMcp {
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.ok();
         });
-        FakeMcp { url, tools, task }
+        FakeMcp {
+            url,
+            tools,
+            requests,
+            task,
+        }
     }
 
     /// The MCP endpoint.
     pub fn mcp(&self) -> String {
         format!("{}/mcp", self.url)
+    }
+
+    /// How many requests reached `/mcp`.
+    pub fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Replaces what `tools/list` answers.

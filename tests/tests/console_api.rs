@@ -271,7 +271,87 @@ async fn another_organization_reaches_nothing_of_ours() {
             format!("/api/v1/orgs/{a}/servers/{sid}/policy/publish"),
             None,
         ),
+        // Agents' own policies, shadow versions, the impact preview.
+        (
+            Method::POST,
+            format!("/api/v1/orgs/{m}/servers/{sid}/policy/agents"),
+            Some(json!({"agent_id": aid})),
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/orgs/{a}/servers/{sid}/policy/agents"),
+            Some(json!({"agent_id": aid})),
+        ),
+        (
+            Method::DELETE,
+            format!("/api/v1/orgs/{m}/servers/{sid}/policy/agents/{aid}"),
+            None,
+        ),
+        (
+            Method::GET,
+            format!("/api/v1/orgs/{m}/servers/{sid}/policy/shadow"),
+            None,
+        ),
+        (
+            Method::DELETE,
+            format!("/api/v1/orgs/{m}/servers/{sid}/policy/shadow"),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/orgs/{m}/servers/{sid}/policy/preview"),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/orgs/{a}/servers/{sid}/policy/preview"),
+            None,
+        ),
+        // Approvals, activity and the audit trail.
+        (Method::GET, format!("/api/v1/orgs/{a}/approvals"), None),
+        (
+            Method::POST,
+            format!("/api/v1/orgs/{a}/approvals/{sid}/approve"),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/orgs/{a}/approvals/{sid}/deny"),
+            None,
+        ),
+        (Method::GET, format!("/api/v1/orgs/{a}/activity"), None),
+        (
+            Method::GET,
+            format!("/api/v1/orgs/{a}/activity/export"),
+            None,
+        ),
+        (Method::GET, format!("/api/v1/orgs/{a}/audit"), None),
     ];
+    // The walk covers every organization route of the API: a new route must be added here.
+    let (_, openapi) = app.get("/api/v1/openapi.json", tok).await;
+    let template = |path: &str| {
+        path.replacen(&format!("/orgs/{a}"), "/orgs/{org}", 1)
+            .replacen(&format!("/orgs/{m}"), "/orgs/{org}", 1)
+            .replace(&format!("/policy/agents/{aid}"), "/policy/agents/{agent}")
+            .replace(&sid, "{id}")
+            .replace(&aid, "{id}")
+            .replace("/versions/1", "/versions/{n}")
+    };
+    let walked: std::collections::HashSet<(String, String)> = attempts
+        .iter()
+        .map(|(method, path, _)| (method.as_str().to_lowercase(), template(path)))
+        .collect();
+    for (path, item) in openapi["paths"].as_object().unwrap() {
+        if !path.starts_with("/api/v1/orgs/{org}") {
+            continue;
+        }
+        for method in item.as_object().unwrap().keys() {
+            assert!(
+                walked.contains(&(method.clone(), path.clone())),
+                "{method} {path} is not walked with another organization's credentials"
+            );
+        }
+    }
     for (method, path, body) in attempts {
         let body = body.or_else(|| (method == Method::POST).then(|| json!({})));
         let (status, answer) = app
@@ -315,10 +395,39 @@ async fn another_organization_reaches_nothing_of_ours() {
         )
         .await;
     let gateway_url = server["gateway_url"].as_str().unwrap();
+    let evil_key = evil_agent["key"].as_str().unwrap();
     assert_eq!(
-        gateway_status(&app.http, gateway_url, evil_agent["key"].as_str().unwrap()).await,
+        gateway_status(&app.http, gateway_url, evil_key).await,
         StatusCode::NOT_FOUND
     );
+    // Every gateway path: the stream, the session's end, the key in the URL.
+    for method in [Method::GET, Method::DELETE] {
+        let status = app
+            .http
+            .request(method.clone(), gateway_url)
+            .bearer_auth(evil_key)
+            .header("accept", "text/event-stream")
+            .header("mcp-session-id", "any")
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {gateway_url}");
+    }
+    let status = app
+        .http
+        .post(format!("{gateway_url}/key/{evil_key}"))
+        .header("accept", "application/json, text/event-stream")
+        .json(
+            &json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "x", "version": "1"}}}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::NOT_FOUND, "the key in the URL");
 
     // Nothing changed on our side.
     let (status, still) = app
@@ -985,4 +1094,38 @@ async fn deleting_a_server_closes_its_gateway_url_at_once() {
         .get(&format!("/api/v1/orgs/{a}/servers/{sid}"), &alice.token)
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// A registered URL that redirects is not followed (a redirect could lead to an internal
+/// address after the check): the registration fails and says what the upstream answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_never_followed() {
+    let (app, fake, alice) = setup().await;
+    let target = fake.mcp();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let redirector = format!("http://{}/mcp", listener.local_addr().unwrap());
+    let app_redirect = axum::Router::new().fallback(move || {
+        let target = target.clone();
+        async move {
+            (
+                StatusCode::TEMPORARY_REDIRECT,
+                [(reqwest::header::LOCATION, target)],
+            )
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, app_redirect).await.ok() });
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/orgs/{}/servers", alice.slug),
+            &alice.token,
+            &json!({"name": "redirected", "url": redirector}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_error(&body, "discovery_failed");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("307"),
+        "{body}"
+    );
+    assert_eq!(fake.requests(), 0, "the redirect's target was never asked");
 }
