@@ -351,13 +351,18 @@ pub async fn call_result(
         json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": tool, "arguments": args}}),
     )
     .await;
+    message_of(resp, id).await["result"].clone()
+}
+
+/// The JSON-RPC answer to request `id` in a 200 response, whether JSON or SSE.
+pub async fn message_of(resp: reqwest::Response, id: u64) -> Value {
     assert_eq!(resp.status(), 200);
     let is_sse = resp.headers()["content-type"]
         .to_str()
         .unwrap()
         .starts_with("text/event-stream");
     let body = resp.text().await.unwrap();
-    let message: Value = if is_sse {
+    if is_sse {
         body.lines()
             .filter_map(|l| l.strip_prefix("data:"))
             .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
@@ -365,8 +370,7 @@ pub async fn call_result(
             .unwrap_or_else(|| panic!("no answer in {body}"))
     } else {
         serde_json::from_str(&body).unwrap()
-    };
-    message["result"].clone()
+    }
 }
 
 /// The text of a tools/call answer, JSON or SSE.

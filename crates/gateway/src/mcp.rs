@@ -1045,6 +1045,8 @@ impl Ctx {
         event.decision = "approval_requested".into();
         event.reason = approval.reason.clone();
         self.gw.activity.record(event.clone());
+        // The shadow's view belongs to the call's first decision, not to its later steps.
+        event.shadow = None;
         tracing::info!(approval = %id, tool, "call held for approval");
         let guard = self.gw.approvals.wait(id);
         let token = req

@@ -56,13 +56,7 @@ pub fn layer(argv: Vec<OsString>) -> anyhow::Result<Layered> {
         .map_err(|e| anyhow!("{} is not valid TOML: {e}", file.display()))?;
 
     let known = settings(&cmd);
-    let (names, leaf) = leaf(&matches);
-    let mut leaf_cmd = &cmd;
-    for name in &names {
-        leaf_cmd = leaf_cmd
-            .find_subcommand(name)
-            .ok_or_else(|| anyhow!("no subcommand {name}"))?;
-    }
+    let (leaf_cmd, leaf) = leaf(&cmd, &matches)?;
     let mut argv = argv;
     let mut from_file = BTreeSet::new();
     for (key, value) in table {
@@ -130,15 +124,19 @@ fn settings(cmd: &clap::Command) -> BTreeSet<String> {
         .collect()
 }
 
-/// The innermost subcommand's names and matches.
-fn leaf(matches: &ArgMatches) -> (Vec<String>, &ArgMatches) {
-    let mut names = Vec::new();
-    let mut at = matches;
+/// The innermost subcommand run, and its matches.
+fn leaf<'a>(
+    cmd: &'a clap::Command,
+    matches: &'a ArgMatches,
+) -> anyhow::Result<(&'a clap::Command, &'a ArgMatches)> {
+    let (mut cmd, mut at) = (cmd, matches);
     while let Some((name, sub)) = at.subcommand() {
-        names.push(name.to_owned());
+        cmd = cmd
+            .find_subcommand(name)
+            .ok_or_else(|| anyhow!("no subcommand {name}"))?;
         at = sub;
     }
-    (names, at)
+    Ok((cmd, at))
 }
 
 /// `portcullis config print`: the effective settings as TOML, each with its source; secrets
@@ -147,13 +145,7 @@ pub fn print(layered: &Layered) -> anyhow::Result<String> {
     let mut cmd = Cli::command();
     cmd.build();
     let matches = cmd.clone().try_get_matches_from(&layered.argv)?;
-    let (names, leaf) = leaf(&matches);
-    let mut leaf_cmd = &cmd;
-    for name in &names {
-        leaf_cmd = leaf_cmd
-            .find_subcommand(name)
-            .ok_or_else(|| anyhow!("no subcommand {name}"))?;
-    }
+    let (leaf_cmd, leaf) = leaf(&cmd, &matches)?;
     let mut out = String::from(
         "# The effective configuration of `portcullis serve`, `console` and `gateway`.\n\
          # Precedence: command-line flag, then environment variable, then the file, then the default.\n",

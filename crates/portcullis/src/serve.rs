@@ -135,12 +135,24 @@ pub fn rotate_key(opts: RotateKeyOpts) -> anyhow::Result<()> {
         if from_file {
             // Written beside and renamed over, so the file is never half-written.
             let temp = key_file.with_extension("key.new");
-            std::fs::write(&temp, opts.new_secret_key.trim())
-                .and_then(|()| {
-                    use std::os::unix::fs::PermissionsExt as _;
-                    std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o600))
-                })
-                .and_then(|()| std::fs::rename(&temp, &key_file))
+            // Created 0600 from the start; removed if anything fails.
+            let written = (|| {
+                use std::io::Write as _;
+                use std::os::unix::fs::OpenOptionsExt as _;
+                let _ = std::fs::remove_file(&temp);
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&temp)?;
+                file.write_all(opts.new_secret_key.trim().as_bytes())?;
+                file.sync_all()?;
+                std::fs::rename(&temp, &key_file)
+            })();
+            if written.is_err() {
+                let _ = std::fs::remove_file(&temp);
+            }
+            written
                 .with_context(|| format!("credentials re-sealed, but {} could not be rewritten: write the new key there yourself", key_file.display()))?;
             println!(
                 "Re-sealed the credentials of {count} server(s) and wrote the new key to {}. Restart every Portcullis process: people log in again and MCP clients start new sessions.",

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use portcullis_tests::console::{Api, eventually};
-use portcullis_tests::gateway::{call_text, initialize, redis_url, rpc};
+use portcullis_tests::gateway::{call_text, initialize, message_of, redis_url, rpc};
 use portcullis_tests::process::{Fleet, new_secret_key};
 use portcullis_tests::upstream::TestUpstream;
 use reqwest::StatusCode;
@@ -21,16 +21,7 @@ async fn listed(url: &str, key: &str, session: &str) -> Vec<String> {
         json!({"jsonrpc": "2.0", "id": 90, "method": "tools/list"}),
     )
     .await;
-    assert_eq!(resp.status(), 200);
-    let body = resp.text().await.unwrap();
-    let message: Value = serde_json::from_str(&body)
-        .ok()
-        .or_else(|| {
-            body.lines()
-                .filter_map(|l| l.strip_prefix("data:"))
-                .find_map(|d| serde_json::from_str(d.trim()).ok())
-        })
-        .unwrap_or_else(|| panic!("no answer in {body}"));
+    let message = message_of(resp, 90).await;
     message["result"]["tools"]
         .as_array()
         .unwrap_or_else(|| panic!("{message}"))

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use portcullis_store::activity::{NewEvent, insert_batch};
+use portcullis_tests::bench::policy;
 use portcullis_tests::console::TestApp;
 use portcullis_tests::fake_mcp::{FakeMcp, fake_tool};
 use serde_json::{Value, json};
@@ -28,35 +29,6 @@ fn arg(name: &str, default: usize) -> usize {
         }
     }
     default
-}
-
-/// 50 rules: exact names, globs, conditions on argument values, limits.
-fn draft() -> Value {
-    let mut tools = serde_json::Map::new();
-    for i in 0..30 {
-        tools.insert(
-            format!("tool_{i:02}"),
-            json!({"rate_limit": {"max": 1000, "window": "minute"}}),
-        );
-    }
-    for i in 0..12 {
-        tools.insert(
-            format!("group_{i:02}_*"),
-            json!({"action": "deny", "reason": "not for agents"}),
-        );
-    }
-    for i in 0..7 {
-        tools.insert(
-            format!("refund_{i}"),
-            json!({"deny_if": [{"conditions": [{"path": "args.amount", "op": "gt", "value": 100}]}]}),
-        );
-    }
-    tools.insert(
-        "echo".into(),
-        json!({"require": [{"path": "args.text", "op": "exists"}],
-               "deny_if": [{"conditions": [{"path": "args.text", "op": "regex", "value": "^DROP"}]}]}),
-    );
-    json!({"version": "1", "default": "deny", "hide": ["delete_*", "admin_*"], "tools": tools})
 }
 
 /// Seeds `n` calls of `server_id` spread over the last 7 days: 40 tool names (rules, globs,
@@ -160,7 +132,7 @@ async fn main() {
             .put(
                 &format!("/api/v1/orgs/acme/servers/{sid}/policy"),
                 &admin.token,
-                &draft(),
+                &policy(),
             )
             .await;
         assert!(status.is_success(), "{body}");
