@@ -42,8 +42,15 @@ async fn handle(State(up): State<Upstream>, body: Bytes) -> Response {
     axum::Json(json!({"jsonrpc": "2.0", "id": id, "result": result})).into_response()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_lets_the_call_in_flight_finish_and_writes_its_activity() {
+/// The slow upstream on a loopback port, a database whose server points at it (allow-all), and
+/// `portcullis gateway` with `extra` flags in front.
+async fn slow_gateway(
+    extra: &[&str],
+) -> (
+    Upstream,
+    portcullis_tests::gateway::Seeded,
+    portcullis_tests::process::Process,
+) {
     let up = Upstream {
         release: Arc::new(Notify::new()),
         received: watch::Sender::new(0),
@@ -54,19 +61,25 @@ async fn sigterm_lets_the_call_in_flight_finish_and_writes_its_activity() {
         .route("/mcp", axum::routing::post(handle))
         .with_state(up.clone());
     tokio::spawn(async move { axum::serve(listener, app).await.ok() });
-
     let seeded = seed(
         &upstream_url,
         Some(json!({"version": "1", "default": "allow"})),
     )
     .await;
-    let fleet = Fleet {
+    let gateway = Fleet {
         bin: env!("CARGO_BIN_EXE_portcullis").into(),
         database_url: seeded.db.url(),
         secret_key: new_secret_key(),
         redis_url: None,
-    };
-    let mut gateway = fleet.start("gateway").await;
+    }
+    .start_with("gateway", extra)
+    .await;
+    (up, seeded, gateway)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_call_in_flight_finish_and_writes_its_activity() {
+    let (up, seeded, mut gateway) = slow_gateway(&[]).await;
     let url = format!("{}/mcp/{}", gateway.url, seeded.server_id);
     let key = seeded.agent_key.clone();
     let session = initialize(&url, &key).await;
@@ -145,30 +158,7 @@ async fn sigterm_lets_the_call_in_flight_finish_and_writes_its_activity() {
 /// A call that would never finish does not hold the process past the grace period.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_grace_period_bounds_a_call_that_never_finishes() {
-    let up = Upstream {
-        release: Arc::new(Notify::new()),
-        received: watch::Sender::new(0),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream_url = format!("http://{}/mcp", listener.local_addr().unwrap());
-    let app = axum::Router::new()
-        .route("/mcp", axum::routing::post(handle))
-        .with_state(up.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await.ok() });
-    let seeded = seed(
-        &upstream_url,
-        Some(json!({"version": "1", "default": "allow"})),
-    )
-    .await;
-    let fleet = Fleet {
-        bin: env!("CARGO_BIN_EXE_portcullis").into(),
-        database_url: seeded.db.url(),
-        secret_key: new_secret_key(),
-        redis_url: None,
-    };
-    let mut gateway = fleet
-        .start_with("gateway", &["--shutdown-grace", "1"])
-        .await;
+    let (up, seeded, mut gateway) = slow_gateway(&["--shutdown-grace", "1"]).await;
     let url = format!("{}/mcp/{}", gateway.url, seeded.server_id);
     let session = initialize(&url, &seeded.agent_key).await;
     let _call = tokio::spawn({
