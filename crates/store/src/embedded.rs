@@ -36,7 +36,14 @@ pub struct EmbeddedPostgres {
     run_as: Option<Account>,
     started_here: bool,
     stopped: bool,
+    disposable: bool,
 }
+
+/// How long `pg_ctl start` may wait for the server to accept connections. Long on purpose: after
+/// an unclean stop (a killed machine, a restored snapshot) PostgreSQL replays its write-ahead log
+/// before it accepts anyone, and giving up during that replay only makes the next start replay
+/// it again. A busy machine has been seen to need more than a minute.
+const START_TIMEOUT_SECS: &str = "600";
 
 /// An unprivileged account to run the cluster as when we are root.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +57,18 @@ impl EmbeddedPostgres {
     /// process already runs it. Several processes may call this at once: a lock file serializes
     /// them. Blocking: call from `spawn_blocking` or before the runtime is busy.
     pub fn start(dir: &Path) -> Result<Self, Error> {
+        Self::start_inner(dir, false)
+    }
+
+    /// [`start`](Self::start) for a cluster whose contents are disposable (the test suite's
+    /// shared cluster): checkpoints are frequent so a crash leaves little log to replay, commits
+    /// do not wait for the disk, and a cluster that cannot start (a damaged data directory) is
+    /// deleted and created again instead of failing every test.
+    pub fn start_disposable(dir: &Path) -> Result<Self, Error> {
+        Self::start_inner(dir, true)
+    }
+
+    fn start_inner(dir: &Path, disposable: bool) -> Result<Self, Error> {
         fs::create_dir_all(dir)
             .map_err(|e| embedded(format!("cannot create {}: {e}", dir.display())))?;
         let dir = dir
@@ -85,6 +104,7 @@ impl EmbeddedPostgres {
             run_as,
             started_here: false,
             stopped: false,
+            disposable,
         };
         if let Some(account) = run_as {
             // The cluster's owner must be able to reach its directory.
@@ -95,7 +115,24 @@ impl EmbeddedPostgres {
         }
         cluster.write_settings()?;
         if !cluster.is_running() {
-            cluster.pg_ctl_start()?;
+            match cluster.pg_ctl_start() {
+                Ok(()) => {}
+                // Still replaying its log (or otherwise alive): never delete a running cluster.
+                Err(e) if !disposable || cluster.is_running() => return Err(e),
+                Err(e) => {
+                    tracing::warn!(
+                        error = %e,
+                        pgdata = %cluster.pgdata.display(),
+                        "the disposable cluster does not start; creating it again"
+                    );
+                    fs::remove_dir_all(&cluster.pgdata).map_err(|e| {
+                        embedded(format!("cannot remove {}: {e}", cluster.pgdata.display()))
+                    })?;
+                    cluster.initdb()?;
+                    cluster.write_settings()?;
+                    cluster.pg_ctl_start()?;
+                }
+            }
             cluster.started_here = true;
         }
         drop(lock);
@@ -225,11 +262,20 @@ impl EmbeddedPostgres {
         if let Some(account) = self.run_as {
             chown(&self.socket_dir, account)?;
         }
-        let settings = format!(
+        let mut settings = format!(
             "listen_addresses = ''\nport = {SOCKET_PORT}\nunix_socket_directories = '{}'\n\
              unix_socket_permissions = 0700\nmax_connections = 200\nshared_buffers = 64MB\n",
             self.socket_dir.display().to_string().replace('\'', "''")
         );
+        if self.disposable {
+            // Every test creates a database, and each creation writes the template through the
+            // log: bound what a crash leaves to replay. Losing the last commits is acceptable
+            // here (never corruption: fsync stays on).
+            settings.push_str(
+                "max_wal_size = 128MB\nmin_wal_size = 32MB\ncheckpoint_timeout = 60s\n\
+                 synchronous_commit = off\n",
+            );
+        }
         let path = self.pgdata.join("portcullis.conf");
         fs::write(&path, settings)
             .map_err(|e| embedded(format!("cannot write {}: {e}", path.display())))?;
@@ -267,7 +313,7 @@ impl EmbeddedPostgres {
                 .arg(&self.pgdata)
                 .arg("-l")
                 .arg(&log)
-                .args(["-w", "-t", "60"]),
+                .args(["-w", "-t", START_TIMEOUT_SECS]),
         )?;
         check(out, "pg_ctl start").map_err(|e| {
             let tail = fs::read_to_string(&log)

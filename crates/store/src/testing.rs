@@ -60,7 +60,7 @@ fn server_options() -> Result<PgConnectOptions> {
             Ok(url) if !url.is_empty() => {
                 PgConnectOptions::from_str(&url).map_err(|e| format!("DATABASE_URL: {e}"))
             }
-            _ => EmbeddedPostgres::start(&shared_cluster_dir())
+            _ => EmbeddedPostgres::start_disposable(&shared_cluster_dir())
                 .map(|cluster| {
                     let options = cluster.connect_options("postgres");
                     cluster.detach();
