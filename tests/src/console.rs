@@ -67,7 +67,18 @@ impl TestApp {
         Self::start_with(test_config()).await
     }
 
-    pub async fn start_with(mut config: ConsoleConfig) -> TestApp {
+    pub async fn start_with(config: ConsoleConfig) -> TestApp {
+        let mut gateway_config = crate::gateway::test_config();
+        // One flag lets the console register stdio servers and the gateway run them.
+        gateway_config.allow_stdio_servers = config.allow_stdio_servers;
+        Self::start_full(config, gateway_config).await
+    }
+
+    /// [`start_with`](Self::start_with), with the gateway's settings too.
+    pub async fn start_full(
+        mut config: ConsoleConfig,
+        mut gateway_config: portcullis_gateway::GatewayConfig,
+    ) -> TestApp {
         let db = fresh_database().await.expect("a test database");
         let secret_key = crate::process::new_secret_key();
         let key = SecretKey::parse(&secret_key).expect("a secret key");
@@ -77,7 +88,6 @@ impl TestApp {
         let addr = listener.local_addr().expect("address");
         let base_url = format!("http://{addr}");
         config.public_gateway_url = base_url.clone();
-        let mut gateway_config = crate::gateway::test_config();
         gateway_config.allowed_hosts = vec![addr.to_string()];
         let gateway = Gateway::start(db.pool.clone(), &key, gateway_config)
             .await
@@ -300,4 +310,50 @@ where
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// Sends a request head announcing a body of `body_len` bytes with `Expect: 100-continue`, over
+/// a plain socket, and reads the answer: for a server that refuses a body it has not read (413
+/// from the declared length), which then closes the connection. A client still writing the
+/// body could lose that answer to the reset; this one never sends the body (it panics if the
+/// server asks for it with 100 Continue). Answers the status and the body.
+pub async fn refused_before_the_body(
+    base_url: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body_len: usize,
+) -> (StatusCode, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let authority = base_url.trim_start_matches("http://");
+    let mut socket = tokio::net::TcpStream::connect(authority).await.unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Length: {body_len}\r\nExpect: 100-continue\r\nConnection: close\r\n"
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    socket.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = socket.read(&mut buf).await.unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+        assert!(
+            !answer.starts_with(b"HTTP/1.1 100"),
+            "{method} {path}: the server asked for the body"
+        );
+    }
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status: u16 = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{method} {path}: no status in {text:?}"));
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (StatusCode::from_u16(status).unwrap(), body.to_owned())
 }

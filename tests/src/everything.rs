@@ -104,6 +104,36 @@ pub async fn start(dir: &Path) -> ServerEverything {
 /// Starts server-everything with `toolchain`, logging to `dir/server-everything.log`; returns
 /// once it listens (its own log line, and a connection accepted).
 pub async fn start_with(toolchain: &Toolchain, dir: &Path) -> ServerEverything {
+    start_transport(toolchain, dir, Transport::StreamableHttp).await
+}
+
+/// server-everything's HTTP transports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// `streamableHttp`: `/mcp`.
+    StreamableHttp,
+    /// `sse`, the legacy HTTP+SSE transport (2024-11-05): `/sse`, then POSTs to `/message`.
+    Sse,
+}
+
+/// The command line that runs server-everything over stdio (its default transport).
+pub fn stdio_command(toolchain: &Toolchain) -> Vec<String> {
+    vec![
+        toolchain.node.display().to_string(),
+        toolchain.everything.display().to_string(),
+    ]
+}
+
+/// Starts server-everything over `transport` (see [`start_with`]).
+pub async fn start_transport(
+    toolchain: &Toolchain,
+    dir: &Path,
+    transport: Transport,
+) -> ServerEverything {
+    let (mode, path, ready) = match transport {
+        Transport::StreamableHttp => ("streamableHttp", "/mcp", "listening on port"),
+        Transport::Sse => ("sse", "/sse", "Server is running on port"),
+    };
     std::fs::create_dir_all(dir).expect("a log folder");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
@@ -113,7 +143,7 @@ pub async fn start_with(toolchain: &Toolchain, dir: &Path) -> ServerEverything {
     let (stdout, stderr) = log_file(&log);
     let mut child = Command::new(&toolchain.node)
         .arg(&toolchain.everything)
-        .arg("streamableHttp")
+        .arg(mode)
         .env("PORT", port.to_string())
         .stdin(Stdio::null())
         .stdout(stdout)
@@ -123,7 +153,7 @@ pub async fn start_with(toolchain: &Toolchain, dir: &Path) -> ServerEverything {
         .expect("server-everything starts");
     // Listening means its own log line (so a port taken by someone else is not mistaken for it)
     // and a connection accepted.
-    let ready = format!("listening on port {port}");
+    let ready = format!("{ready} {port}");
     let deadline = tokio::time::Instant::now() + LISTEN_TIMEOUT;
     loop {
         if let Some(status) = child.try_wait().expect("server-everything's status") {
@@ -148,7 +178,7 @@ pub async fn start_with(toolchain: &Toolchain, dir: &Path) -> ServerEverything {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     ServerEverything {
-        url: format!("http://127.0.0.1:{port}/mcp"),
+        url: format!("http://127.0.0.1:{port}{path}"),
         log,
         _child: child,
     }

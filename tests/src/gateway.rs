@@ -311,12 +311,19 @@ pub async fn rpc(url: &str, key: &str, session: Option<&str>, body: Value) -> re
 
 /// `initialize` then `notifications/initialized`; answers the session id.
 pub async fn initialize(url: &str, key: &str) -> String {
+    initialize_with(url, key, json!({})).await
+}
+
+/// [`initialize`] declaring `capabilities` (server-everything, for one, offers its elicitation
+/// tool only to clients that declare elicitation); checks the answer is an initialize result.
+pub async fn initialize_with(url: &str, key: &str, capabilities: Value) -> String {
     let resp = rpc(
         url,
         key,
         None,
         json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}),
+            "protocolVersion": "2025-06-18", "capabilities": capabilities,
+            "clientInfo": {"name": "t", "version": "1"}}}),
     )
     .await;
     assert_eq!(resp.status(), 200);
@@ -324,6 +331,8 @@ pub async fn initialize(url: &str, key: &str) -> String {
         .to_str()
         .unwrap()
         .to_owned();
+    let body = message_of(resp, 0).await;
+    assert!(body["result"]["protocolVersion"].is_string(), "{body}");
     let ack = rpc(
         url,
         key,

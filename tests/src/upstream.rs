@@ -45,8 +45,9 @@ use rmcp::{
         GetPromptRequestParams, GetPromptResponse, GetPromptResult, Implementation, InputRequest,
         InputRequests, InputRequiredResult, JsonObject, ListPromptsResult, ListResourcesResult,
         ListToolsResult, PaginatedRequestParams, ProgressNotificationParam, Prompt, PromptArgument,
-        PromptMessage, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
-        Resource, ResourceContents, Role, ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
+        PromptMessage, ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse,
+        ReadResourceResult, Resource, ResourceContents, Role, ServerCapabilities, ServerConfig,
+        Tool, ToolAnnotations,
     },
     service::RequestContext,
     transport::{
@@ -107,12 +108,25 @@ struct Stats {
     list_tools: AtomicUsize,
     authorization: Mutex<Vec<Option<String>>>,
     log_level: Mutex<Option<String>>,
+    cancelled: Mutex<Vec<Value>>,
 }
 
 impl TestUpstream {
     /// Starts the server with the eight tools, all on one `tools/list` page.
     pub async fn start() -> TestUpstream {
-        Self::spawn(tools(0), None).await
+        Self::spawn(tools(0), None, Eras::Both).await
+    }
+
+    /// The same server speaking only the stateless revision (2026-07-28): `server/discover`
+    /// lists that version alone and `initialize` is refused, as by a server of the new era only.
+    pub async fn start_stateless_only() -> TestUpstream {
+        Self::spawn(tools(0), None, Eras::Stateless).await
+    }
+
+    /// The same server speaking only the handshake era (2025-11-25 and before), as the
+    /// TypeScript SDK's servers do: `server/discover` and 2026-07-28 are refused.
+    pub async fn start_handshake_only() -> TestUpstream {
+        Self::spawn(tools(0), None, Eras::Handshake).await
     }
 
     /// Starts a server with [`TOOL_NAMES`] plus [`FILLER_TOOLS`] read-only `inventory_NN` tools
@@ -120,10 +134,10 @@ impl TestUpstream {
     /// opaque `nextCursor`; an unknown cursor is a -32602 error.
     pub async fn start_paginated(page_size: usize) -> TestUpstream {
         assert!(page_size > 0, "page_size must be positive");
-        Self::spawn(tools(FILLER_TOOLS), Some(page_size)).await
+        Self::spawn(tools(FILLER_TOOLS), Some(page_size), Eras::Both).await
     }
 
-    async fn spawn(tools: Vec<Tool>, page_size: Option<usize>) -> TestUpstream {
+    async fn spawn(tools: Vec<Tool>, page_size: Option<usize>, eras: Eras) -> TestUpstream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the test upstream on 127.0.0.1:0");
@@ -136,6 +150,7 @@ impl TestUpstream {
             stats: stats.clone(),
             tools: Arc::new(tools),
             page_size,
+            eras,
         };
         // rmcp validates `Host` against an allow-list (default: loopback names on any port).
         // Name the exact authorities this server answers to.
@@ -163,6 +178,11 @@ impl TestUpstream {
             ct,
             task,
         }
+    }
+
+    /// The request ids this server was told (`notifications/cancelled`) to cancel.
+    pub fn cancelled(&self) -> Vec<Value> {
+        lock(&self.stats.cancelled).clone()
     }
 
     /// How many `tools/call` requests named `tool` reached this server.
@@ -215,6 +235,15 @@ struct UpstreamServer {
     stats: Arc<Stats>,
     tools: Arc<Vec<Tool>>,
     page_size: Option<usize>,
+    eras: Eras,
+}
+
+/// The protocol eras a test upstream speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Eras {
+    Both,
+    Handshake,
+    Stateless,
 }
 
 impl UpstreamServer {
@@ -325,7 +354,9 @@ fn tools(filler: usize) -> Vec<Tool> {
                 "type": "object",
                 "properties": {
                     "steps": {"type": "integer", "minimum": 0, "maximum": 1000,
-                              "description": "Number of progress notifications."}
+                              "description": "Number of progress notifications."},
+                    "pause_ms": {"type": "integer", "minimum": 0, "maximum": 1000,
+                                 "description": "A pause before each step, in milliseconds."}
                 },
                 "required": ["steps"],
                 "additionalProperties": false
@@ -458,8 +489,16 @@ impl UpstreamServer {
         if steps > 1000 {
             return error_result("invalid arguments: `steps` must be at most 1000");
         }
+        // `pause_ms`: a pause before each step, so a test can cancel the call midway.
+        let pause = args
+            .get("pause_ms")
+            .and_then(Value::as_u64)
+            .map(|ms| std::time::Duration::from_millis(ms.min(1000)));
         if let Some(token) = context.meta.get_progress_token() {
             for step in 1..=steps {
+                if let Some(pause) = pause {
+                    tokio::time::sleep(pause).await;
+                }
                 let param = ProgressNotificationParam::new(token.clone(), step as f64)
                     .with_total(steps as f64)
                     .with_message(format!("step {step} of {steps}"));
@@ -473,6 +512,29 @@ impl UpstreamServer {
 }
 
 impl ServerHandler for UpstreamServer {
+    async fn on_cancelled(
+        &self,
+        notification: rmcp::model::CancelledNotificationParam,
+        _context: rmcp::service::NotificationContext<RoleServer>,
+    ) {
+        lock(&self.stats.cancelled)
+            .push(serde_json::to_value(&notification.request_id).unwrap_or(Value::Null));
+    }
+
+    fn supported_protocol_versions(&self) -> std::borrow::Cow<'static, [ProtocolVersion]> {
+        match self.eras {
+            Eras::Both => std::borrow::Cow::Borrowed(ProtocolVersion::KNOWN_VERSIONS),
+            Eras::Stateless => std::borrow::Cow::Owned(vec![ProtocolVersion::V_2026_07_28]),
+            Eras::Handshake => std::borrow::Cow::Owned(
+                ProtocolVersion::KNOWN_VERSIONS
+                    .iter()
+                    .filter(|v| **v != ProtocolVersion::V_2026_07_28)
+                    .cloned()
+                    .collect(),
+            ),
+        }
+    }
+
     #[allow(deprecated)] // The logging capability is SEP-2577-deprecated.
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(

@@ -673,15 +673,21 @@ async fn bad_input_gets_the_error_shape_and_the_right_status() {
             .contains("unknown field `colour`"),
         "{body}"
     );
-    let huge = json!({"version": "1", "default": "allow", "hide": ["x".repeat(1024 * 1024)]});
-    let (status, body) = raw(
-        Method::PUT,
+    // Over the 1 MiB limit: refused from its declared length, before a byte of it is read.
+    let bearer = format!("Bearer {}", alice.token);
+    let (status, text) = console::refused_before_the_body(
+        &app.base_url,
+        "PUT",
         &format!("{servers}/{}/policy", uuid::Uuid::new_v4()),
-        Some("application/json"),
-        huge.to_string().into_bytes(),
+        &[
+            ("authorization", bearer.as_str()),
+            ("content-type", "application/json"),
+        ],
+        1024 * 1024 + 100,
     )
     .await;
-    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{text}");
+    let body: serde_json::Value = serde_json::from_str(&text).expect("a JSON error");
     assert_error(&body, "too_large");
     for bad in [
         "ftp://example.com/mcp",

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use portcullis_mcp::upstream::{
-    Discovery, StdioConfig, StreamableHttpClient, UpstreamConfig, UpstreamError, discover,
+    Client, Discovery, StdioConfig, StreamableHttpClient, UpstreamConfig, UpstreamError, discover,
 };
 use portcullis_policy::classify::classify;
 use portcullis_store::servers::{Tool, definition_hash};
@@ -15,6 +15,8 @@ use crate::error::ApiError;
 /// What discovery found, ready to store.
 #[derive(Debug)]
 pub struct Found {
+    /// The transport that answered: `streamable_http`, `sse` or `stdio`.
+    pub transport: &'static str,
     pub protocol_version: String,
     pub server_info: Option<Value>,
     pub tools: Vec<Tool>,
@@ -22,11 +24,15 @@ pub struct Found {
     pub skipped: Vec<String>,
 }
 
-/// Discovers the tools of the Streamable HTTP upstream at `url` with `headers`.
+/// Discovers the tools of the HTTP upstream at `url` with `headers`, over `transport`:
+/// `streamable_http`, `sse` (legacy HTTP+SSE, 2024-11-05: `url` is the SSE stream), or `auto`
+/// (Streamable HTTP first; when the URL answers a POST with 400, 404 or 405, or with something
+/// that is not MCP, the legacy transport; the first error is reported if both fail).
 pub async fn discover_http(
     state: &ConsoleState,
     url: &url::Url,
     headers: &BTreeMap<String, String>,
+    transport: &str,
 ) -> Result<Found, ApiError> {
     if !state.config().allow_private_upstreams {
         portcullis_mcp::upstream::addresses::check_literal(url).map_err(|reason| {
@@ -43,10 +49,43 @@ pub async fn discover_http(
     }
     let client = StreamableHttpClient::new(state.inner.http.clone(), config);
     let shown = portcullis_mcp::upstream::display_url(url);
-    let discovery = discover(&client, "portcullis-console")
-        .await
-        .map_err(|e| discovery_error(&shown, "/url", &e))?;
-    Ok(found(discovery))
+    const NAME: &str = "portcullis-console";
+    let legacy = |client: StreamableHttpClient| async move {
+        let channel = client.connect_legacy_sse().await?;
+        discover(&Client::Channel(channel), NAME).await
+    };
+    let (discovery, transport) = match transport {
+        "sse" => (legacy(client).await, "sse"),
+        "streamable_http" => (
+            discover(&Client::Http(client), NAME).await,
+            "streamable_http",
+        ),
+        _ => match discover(&Client::Http(client.clone()), NAME).await {
+            Err(e) if may_be_legacy(&e) => match legacy(client).await {
+                Ok(found) => (Ok(found), "sse"),
+                Err(_) => (Err(e), "streamable_http"),
+            },
+            other => (other, "streamable_http"),
+        },
+    };
+    let discovery = discovery.map_err(|e| discovery_error(&shown, "/url", &e))?;
+    Ok(Found {
+        transport,
+        ..found(discovery)
+    })
+}
+
+/// Whether a failed Streamable HTTP discovery may mean a legacy HTTP+SSE endpoint (which has
+/// no POST on its URL, or answers it with something else than MCP).
+fn may_be_legacy(error: &UpstreamError) -> bool {
+    matches!(
+        error,
+        UpstreamError::Status {
+            status: 400 | 404 | 405,
+            ..
+        } | UpstreamError::NotMcp(_)
+            | UpstreamError::SessionExpired
+    )
 }
 
 /// Discovers the tools of the stdio server started by `command` with `env`.
@@ -70,6 +109,7 @@ pub async fn discover_stdio(
 fn found(discovery: Discovery) -> Found {
     let server_info = discovery.server_info().cloned();
     Found {
+        transport: "stdio",
         protocol_version: discovery.initialized.protocol_version,
         server_info,
         ..catalog(discovery.tools)
@@ -143,6 +183,7 @@ pub fn catalog(definitions: Vec<Value>) -> Found {
         });
     }
     Found {
+        transport: "stdio",
         protocol_version: String::new(),
         server_info: None,
         tools,

@@ -216,7 +216,32 @@ pub fn router(state: ConsoleState) -> Router {
     .method_not_allowed_fallback(method_not_allowed)
     .merge(pages::router())
     .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+    .layer(axum::middleware::from_fn(refuse_declared_oversize))
     .with_state(state)
+}
+
+/// A body whose declared length is over the limit is refused before a byte of it is read
+/// (a client sending `Expect: 100-continue` never sends it); bodies without a length are
+/// bounded while read, by `DefaultBodyLimit`.
+async fn refuse_declared_oversize(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "the body is larger than the 1 MiB limit",
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 /// Unknown paths under `/api/v1` answer in the API's error shape.

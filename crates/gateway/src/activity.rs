@@ -86,12 +86,15 @@ impl ActivitySink {
                 if received == 0 {
                     break;
                 }
-                let deadline = tokio::time::Instant::now() + LINGER;
-                while batch.len() < BATCH {
-                    let room = BATCH - batch.len();
-                    match tokio::time::timeout_at(deadline, rx.recv_many(&mut batch, room)).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {}
+                // Gather for LINGER, then take what came: one wake-up per batch, not one per
+                // event (waking the writer on every call costs the calls a context switch).
+                if batch.len() < BATCH {
+                    tokio::time::sleep(LINGER).await;
+                    while batch.len() < BATCH {
+                        match rx.try_recv() {
+                            Ok(event) => batch.push(event),
+                            Err(_) => break,
+                        }
                     }
                 }
                 match spill.as_mut() {

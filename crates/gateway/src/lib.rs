@@ -17,6 +17,8 @@ pub mod metrics;
 pub mod policies;
 pub mod redis_limits;
 pub mod session;
+pub mod stateless;
+pub(crate) mod translate;
 pub mod upstreams;
 pub mod webhooks;
 
@@ -54,6 +56,11 @@ pub struct GatewayConfig {
     /// Allow upstreams on loopback, private, link-local and metadata addresses (checked after
     /// DNS resolution on every connection). Off by default.
     pub allow_private_upstreams: bool,
+    /// Run stdio servers (a local command per server and agent). Off by default.
+    pub allow_stdio_servers: bool,
+    /// A stdio server's process, or a legacy SSE upstream's connection, is closed after this
+    /// long without a call or an open stream.
+    pub upstream_idle_timeout: Duration,
     /// How often a held call sends a progress notification (when the client gave a token).
     pub approval_progress_interval: Duration,
     /// How often pending approvals of dead gateways are marked abandoned.
@@ -77,6 +84,8 @@ impl Default for GatewayConfig {
             redis_url: None,
             limits_fail_closed: false,
             allow_private_upstreams: false,
+            allow_stdio_servers: false,
+            upstream_idle_timeout: Duration::from_secs(300),
             approval_progress_interval: Duration::from_secs(10),
             approval_sweep: Duration::from_secs(30),
             console_url: None,
@@ -95,6 +104,8 @@ pub struct Gateway {
     pub policies: Arc<policies::PolicyCache>,
     pub sessions: session::SessionSealer,
     pub upstreams: upstreams::Upstreams,
+    /// Long-lived upstream connections (stdio processes, legacy SSE streams).
+    pub channels: Arc<upstreams::Channels>,
     pub counters: limits::Counters,
     pub activity: activity::ActivitySink,
     pub list_changed: tokio::sync::broadcast::Sender<Uuid>,
@@ -154,13 +165,30 @@ impl Gateway {
             ),
             None => None,
         };
+        let channels = upstreams::Channels::new(config.upstream_idle_timeout);
+        let idle = config.upstream_idle_timeout;
+        let reaper = Arc::downgrade(&channels);
+        tokio::spawn(async move {
+            let every = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+            let mut ticker = tokio::time::interval(every);
+            loop {
+                ticker.tick().await;
+                let Some(channels) = reaper.upgrade() else {
+                    break;
+                };
+                channels.close_idle().await;
+            }
+        });
         let gateway = Arc::new(Gateway {
+            channels: channels.clone(),
             upstreams: upstreams::Upstreams::new(
                 http,
                 Sealer::new(key, portcullis_store::servers::CREDENTIALS_PURPOSE),
                 config.upstream_timeout,
                 config.max_body_bytes,
                 config.allow_private_upstreams,
+                config.allow_stdio_servers,
+                channels.clone(),
             ),
             sessions: session::SessionSealer::new(key),
             counters: limits::Counters::new(redis, config.limits_fail_closed, metrics.clone()),
@@ -210,6 +238,7 @@ impl Gateway {
                 ticker.tick().await;
                 let Some(gw) = weak.upgrade() else { break };
                 gw.counters.memory.sweep(Instant::now());
+                gw.mcp.parked.sweep();
             }
         });
         Ok(gateway)
@@ -233,6 +262,12 @@ impl Gateway {
     /// the database is unreachable). For shutdown: bound it with a timeout.
     pub async fn flush_activity(&self) {
         self.activity.flush().await;
+    }
+
+    /// Closes every stdio server and legacy SSE connection (at shutdown, after the calls in
+    /// flight): a stdio server's input is closed, then SIGTERM, then SIGKILL.
+    pub async fn close_upstreams(&self) -> usize {
+        self.channels.close_all().await
     }
 
     pub(crate) async fn reserve(&self, keys: &[limits::LimitKey]) -> limits::Outcome {
@@ -307,6 +342,10 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
                 .delete(mcp::delete_with_key),
         )
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            max_body,
+            mcp::refuse_declared_oversize,
+        ))
         .with_state(gateway)
         .merge(health::router(db))
 }

@@ -25,7 +25,9 @@ use portcullis_mcp::jsonrpc::{
     self, Body as RpcBody, ErrorObject, Message, Request, RequestId, code,
 };
 use portcullis_mcp::sse::{SseEvent, encode_event};
-use portcullis_mcp::upstream::{EventStream, PostResponse, UpstreamError, collect_until_response};
+use portcullis_mcp::upstream::{
+    Client, EventStream, PostResponse, UpstreamError, collect_until_response,
+};
 use portcullis_policy::{ApprovalRequest, Call, ChangedTools, Decision};
 use portcullis_store::activity::NewEvent;
 use portcullis_store::agents::Agent;
@@ -45,7 +47,7 @@ const PAGE_SIZE: usize = 100;
 /// The largest `initialize` params accepted (they are sealed into the session id).
 const MAX_INITIALIZE_PARAMS: usize = 16 * 1024;
 /// Re-opened upstream sessions remembered at most.
-const MAX_REOPENED: usize = 100_000;
+pub(crate) const MAX_REOPENED: usize = 100_000;
 /// How long the rest of an answered upstream stream is read in the background, at most.
 const DRAIN: Duration = Duration::from_secs(5);
 /// How long an upstream tool catalog is trusted for `changed_tools` before it is read again.
@@ -73,6 +75,16 @@ const FORWARDED_REQUESTS: &[&str] = &[
 const SESSION_HEADER: &str = "mcp-session-id";
 const VERSION_HEADER: &str = "mcp-protocol-version";
 
+/// An upstream session the gateway opened itself.
+#[derive(Debug, Clone)]
+pub(crate) struct Reopened {
+    pub(crate) session: Option<String>,
+    /// The negotiated version.
+    pub(crate) version: String,
+    /// The upstream's `InitializeResult`.
+    pub(crate) result: Arc<Value>,
+}
+
 /// Tool name → definition hash, as the upstream lists them now.
 pub(crate) type Catalog = HashMap<String, String>;
 
@@ -81,14 +93,27 @@ pub(crate) type Catalog = HashMap<String, String>;
 pub struct McpState {
     /// Upstream tool catalogs by server.
     catalogs: Mutex<HashMap<Uuid, (Arc<Catalog>, Instant)>>,
-    /// Upstream sessions re-opened after the upstream forgot the one in the session token.
-    reopened: Mutex<HashMap<Uuid, String>>,
+    /// Upstream sessions opened after the upstream forgot the one in the session token, and
+    /// the upstream sessions of stateless clients (keyed by their derived session id).
+    pub(crate) reopened: Mutex<HashMap<Uuid, Reopened>>,
+    /// Calls of stateless clients waiting for their next input round.
+    pub(crate) parked: crate::stateless::Parked,
+    /// Per server: tool name → its `x-mcp-header` arguments (path, header name), for tools
+    /// that have any, as the upstream lists them now.
+    pub(crate) param_headers: Mutex<HashMap<Uuid, Arc<crate::stateless::ParamHeaders>>>,
+    /// `logging/setLevel` of handshake sessions on stateless servers (stamped as `_meta`).
+    pub(crate) log_levels: Mutex<HashMap<Uuid, String>>,
+    /// Requests of handshake clients in flight at stateless servers, by (session, request id):
+    /// `notifications/cancelled` aborts them.
+    pub(crate) in_flight: Mutex<HashMap<(Uuid, String), tokio::task::AbortHandle>>,
+    /// Calls waiting for a handshake client's answer to an input request, by (session, id).
+    pub(crate) input_waiters: Mutex<HashMap<(Uuid, String), tokio::sync::oneshot::Sender<Value>>>,
 }
 
 // ---------------------------------------------------------------------------------------------
 // Answers
 
-fn rpc_error(status: StatusCode, id: Option<RequestId>, error: ErrorObject) -> Response {
+pub(crate) fn rpc_error(status: StatusCode, id: Option<RequestId>, error: ErrorObject) -> Response {
     let mut response = (status, axum::Json(Message::error(id, error).to_value())).into_response();
     if status == StatusCode::UNAUTHORIZED {
         response
@@ -98,7 +123,7 @@ fn rpc_error(status: StatusCode, id: Option<RequestId>, error: ErrorObject) -> R
     response
 }
 
-fn json_message(message: &Value, session: Option<&str>) -> Response {
+pub(crate) fn json_message(message: &Value, session: Option<&str>) -> Response {
     let mut response = axum::Json(message).into_response();
     if let Some(token) = session
         && let Ok(value) = HeaderValue::from_str(token)
@@ -180,7 +205,7 @@ pub(crate) fn approval_event(
     }
 }
 
-fn sse_response(
+pub(crate) fn sse_response(
     stream: impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
 ) -> Response {
     Response::builder()
@@ -196,9 +221,9 @@ fn sse_response(
 
 /// The request's agent and server, or the answer that refuses it.
 #[derive(Clone)]
-struct Caller {
-    agent: Arc<Agent>,
-    server_id: Uuid,
+pub(crate) struct Caller {
+    pub(crate) agent: Arc<Agent>,
+    pub(crate) server_id: Uuid,
 }
 
 async fn admit(gw: &Gateway, server: &str, headers: &HeaderMap) -> Result<Caller, Response> {
@@ -313,7 +338,7 @@ fn session_of(gw: &Gateway, caller: &Caller, headers: &HeaderMap) -> Result<Sess
     }
 }
 
-async fn upstream_of(
+pub(crate) async fn upstream_of(
     gw: &Gateway,
     caller: &Caller,
     id: Option<&RequestId>,
@@ -336,6 +361,19 @@ async fn upstream_of(
     }
 }
 
+/// The agent's connection to the upstream (for stdio and legacy SSE upstreams, started on first
+/// use), or the 502 that says why there is none.
+pub(crate) async fn connect(
+    upstream: &Upstream,
+    caller: &Caller,
+    id: Option<&RequestId>,
+) -> Result<Client, Response> {
+    upstream.connect(caller.agent.id).await.map_err(|e| {
+        tracing::warn!(server = %caller.server_id, error = %e, "cannot connect to the upstream");
+        rpc_error(StatusCode::BAD_GATEWAY, id.cloned(), e.to_error_object())
+    })
+}
+
 fn accepts_both(headers: &HeaderMap) -> bool {
     let accept = headers
         .get_all(header::ACCEPT)
@@ -349,6 +387,32 @@ fn accepts_both(headers: &HeaderMap) -> bool {
             .any(|part| part.trim().starts_with(t) || part.trim().starts_with("*/*"))
     };
     has("application/json") && has("text/event-stream")
+}
+
+/// A body whose declared length is over the limit is refused (413, a JSON-RPC error) before a
+/// byte of it is read; a client sending `Expect: 100-continue` never sends it. Bodies without a
+/// length are bounded while read (`DefaultBodyLimit`).
+pub(crate) async fn refuse_declared_oversize(
+    State(max): State<usize>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return rpc_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            None,
+            ErrorObject::new(
+                code::INVALID_REQUEST,
+                format!("Payload Too Large: the limit is {max} bytes"),
+            ),
+        );
+    }
+    next.run(request).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -423,6 +487,9 @@ async fn post_in_span(
     };
     gw.metrics.request(method);
     span.record("method", tracing::field::debug(method));
+    if crate::stateless::is_stateless(&headers, &message) {
+        return crate::stateless::post(&gw, caller, &headers, message).await;
+    }
     if let Message::Request(req) = &message
         && req.method == "initialize"
     {
@@ -456,15 +523,28 @@ async fn post_in_span(
         Ok(u) => u,
         Err(r) => return r,
     };
+    let client = match connect(&upstream, &caller, id).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     let ctx = Ctx {
         gw: gw.clone(),
         caller,
         session,
         upstream,
+        client,
         client_version: client_version(&headers),
+        round: None,
+        stateless_client: false,
+        call_digest: String::new(),
     };
     match message {
         Message::Request(req) => match req.method.as_str() {
+            _ if ctx.upstream.stateless
+                && let Some(answer) = ctx.answer_locally(&req) =>
+            {
+                answer
+            }
             "tools/list" => ctx.tools_list(req).await,
             "tools/call" => ctx.tools_call(req).await,
             method if FORWARDED_REQUESTS.contains(&method) => {
@@ -510,8 +590,34 @@ async fn initialize(gw: &Arc<Gateway>, caller: &Caller, req: &Request) -> Respon
         Ok(u) => u,
         Err(r) => return r,
     };
+    let client = match connect(&upstream, caller, Some(&req.id)).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    if upstream.stateless {
+        let (result, version) = match crate::translate::initialize(&client, req).await {
+            Ok(found) => found,
+            Err(r) => return r,
+        };
+        let session = Session {
+            id: Uuid::new_v4(),
+            org_id: caller.agent.org_id,
+            server_id: caller.server_id,
+            agent_id: caller.agent.id,
+            protocol_version: version.clone(),
+            upstream_session: None,
+            initialize_params: req.params.clone().unwrap_or(Value::Null),
+            issued_at: chrono_now_secs(),
+        };
+        let token = gw.sessions.seal(&session);
+        tracing::info!(session = %session.id, agent = %caller.agent.id, server = %caller.server_id, version, "session opened (stateless upstream)");
+        return json_message(
+            &Message::result(req.id.clone(), result).to_value(),
+            Some(&token),
+        );
+    }
     let raw = Message::Request(req.clone()).to_value();
-    let (response, upstream_session) = match upstream.client.post(&raw, None, None).await {
+    let (response, upstream_session) = match client.post(&raw, None, None).await {
         Ok(PostResponse::Json {
             message,
             session_id,
@@ -557,7 +663,7 @@ async fn initialize(gw: &Arc<Gateway>, caller: &Caller, req: &Request) -> Respon
     json_message(&response, Some(&token))
 }
 
-fn chrono_now_secs() -> i64 {
+pub(crate) fn chrono_now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -571,7 +677,7 @@ fn client_version(headers: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn id_value(id: &RequestId) -> Value {
+pub(crate) fn id_value(id: &RequestId) -> Value {
     match id {
         RequestId::Number(n) => Value::from(*n),
         RequestId::String(s) => Value::from(s.clone()),
@@ -580,14 +686,23 @@ fn id_value(id: &RequestId) -> Value {
 
 /// One request's context after admission.
 #[derive(Clone)]
-struct Ctx {
-    gw: Arc<Gateway>,
-    caller: Caller,
-    session: Session,
-    upstream: Arc<Upstream>,
+pub(crate) struct Ctx {
+    pub(crate) gw: Arc<Gateway>,
+    pub(crate) caller: Caller,
+    pub(crate) session: Session,
+    pub(crate) upstream: Arc<Upstream>,
+    /// The agent's connection to the upstream.
+    pub(crate) client: Client,
+    /// The input round a stateless client's retry continues.
+    pub(crate) round: Option<crate::stateless::Round>,
+    /// The client speaks the stateless revision.
+    pub(crate) stateless_client: bool,
+    /// A stateless client's call (method, name, arguments) as a digest: input rounds are
+    /// bound to it.
+    pub(crate) call_digest: String,
     /// The `MCP-Protocol-Version` the client sent with this request, passed on as it is (an
     /// upstream decides per request what to send, e.g. SSE priming events only from 2025-11-25).
-    client_version: Option<String>,
+    pub(crate) client_version: Option<String>,
 }
 
 impl Ctx {
@@ -596,12 +711,17 @@ impl Ctx {
         let caller = admit(gw, server, headers).await?;
         let session = session_of(gw, &caller, headers)?;
         let upstream = upstream_of(gw, &caller, None).await?;
+        let client = connect(&upstream, &caller, None).await?;
         Ok(Ctx {
             gw: gw.clone(),
             caller,
             session,
             upstream,
+            client,
             client_version: client_version(headers),
+            round: None,
+            stateless_client: false,
+            call_digest: String::new(),
         })
     }
 
@@ -612,50 +732,70 @@ impl Ctx {
             .reopened
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        reopened
+        match reopened.get(&self.session.id) {
+            Some(r) => r.session.clone(),
+            None => self.session.upstream_session.clone(),
+        }
+    }
+
+    /// The upstream session this gateway opened for the session, if any.
+    pub(crate) fn reopened(&self) -> Option<Reopened> {
+        self.gw
+            .mcp
+            .reopened
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .get(&self.session.id)
             .cloned()
-            .or_else(|| self.session.upstream_session.clone())
+    }
+
+    /// Opens a new upstream session with the client's original `initialize` (the upstream
+    /// forgot the one in the session token, or it was a stdio process that was replaced) and
+    /// remembers it for the session's later requests.
+    pub(crate) async fn reopen(&self) -> Result<Option<String>, UpstreamError> {
+        let reopened = self
+            .client
+            .initialize(self.session.initialize_params.clone())
+            .await?;
+        tracing::info!(session = %self.session.id, "upstream session opened");
+        let mut map = self
+            .gw
+            .mcp
+            .reopened
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_REOPENED {
+            // Forgetting only costs another initialization on the next call.
+            map.clear();
+        }
+        map.insert(
+            self.session.id,
+            Reopened {
+                session: reopened.session_id.clone(),
+                version: reopened.protocol_version,
+                result: Arc::new(reopened.result),
+            },
+        );
+        Ok(reopened.session_id)
     }
 
     /// POSTs to the upstream in this session (with `version` as `MCP-Protocol-Version`); when
     /// the upstream has forgotten the session, opens a new one with the client's original
     /// `initialize` and tries once more.
-    async fn post_upstream(
+    pub(crate) async fn post_upstream(
         &self,
         message: &Value,
         version: Option<&str>,
     ) -> Result<PostResponse, UpstreamError> {
+        if self.upstream.stateless {
+            return self.post_to_stateless(message).await;
+        }
         let session = self.upstream_session();
-        match self
-            .upstream
-            .client
-            .post(message, session.as_deref(), version)
-            .await
-        {
+        match self.client.post(message, session.as_deref(), version).await {
             Err(UpstreamError::SessionExpired) => {
-                let reopened = self
-                    .upstream
-                    .client
-                    .initialize(self.session.initialize_params.clone())
-                    .await?;
-                tracing::info!(session = %self.session.id, "upstream session expired: re-initialized");
-                if let Some(new) = &reopened.session_id {
-                    let mut map = self
-                        .gw
-                        .mcp
-                        .reopened
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner());
-                    if map.len() >= MAX_REOPENED {
-                        // Forgetting only costs another re-initialization on the next call.
-                        map.clear();
-                    }
-                    map.insert(self.session.id, new.clone());
-                }
-                self.upstream
-                    .client
-                    .post(message, reopened.session_id.as_deref(), version)
+                let reopened = self.reopen().await?;
+                self.client
+                    .post(message, reopened.as_deref(), version)
                     .await
             }
             other => other,
@@ -664,12 +804,17 @@ impl Ctx {
 
     /// Forwards a request and relays the answer (JSON or SSE) as it comes. `reservation` is
     /// released if the upstream fails.
-    async fn forward(
+    pub(crate) async fn forward(
         &self,
         id: &RequestId,
         raw: &Value,
         reservation: Option<Reservation>,
     ) -> Response {
+        if self.upstream.stateless {
+            return self
+                .forward_to_stateless(id, raw, reservation, self.stateless_client)
+                .await;
+        }
         match self
             .post_upstream(raw, self.client_version.as_deref())
             .await
@@ -698,30 +843,38 @@ impl Ctx {
                 }
                 json_message(&message, None)
             }
+            // Relayed in the framing the upstream chose (SSE priming, retry and event ids
+            // included): the differential conformance test holds the gateway to it.
             Ok(PostResponse::Stream { events, .. }) => {
                 sse_response(relay(self.gw.clone(), id.clone(), events, reservation))
             }
-            Ok(PostResponse::Accepted) => {
-                if let Some(r) = reservation {
-                    self.gw.counters.release(r);
-                }
-                rpc_error(
-                    StatusCode::OK,
-                    Some(id.clone()),
-                    ErrorObject::new(
-                        code::INTERNAL_ERROR,
-                        "Upstream accepted the request without answering it",
-                    ),
-                )
-            }
-            Err(e) => {
-                if let Some(r) = reservation {
-                    self.gw.counters.release(r);
-                }
-                tracing::warn!(server = %self.caller.server_id, error = %e, "upstream call failed");
-                rpc_error(StatusCode::OK, Some(id.clone()), e.to_error_object())
-            }
+            Ok(PostResponse::Accepted) => self.unanswered(id, reservation, None),
+            Err(e) => self.unanswered(id, reservation, Some(e)),
         }
+    }
+
+    /// The answer to a request the upstream did not answer (it accepted it without an answer,
+    /// or `error`): the call's reservation released, a JSON-RPC error for its id.
+    pub(crate) fn unanswered(
+        &self,
+        id: &RequestId,
+        reservation: Option<Reservation>,
+        error: Option<UpstreamError>,
+    ) -> Response {
+        if let Some(r) = reservation {
+            self.gw.counters.release(r);
+        }
+        let error = match error {
+            Some(e) => {
+                tracing::warn!(server = %self.caller.server_id, error = %e, "upstream call failed");
+                e.to_error_object()
+            }
+            None => ErrorObject::new(
+                code::INTERNAL_ERROR,
+                "Upstream accepted the request without answering it",
+            ),
+        };
+        rpc_error(StatusCode::OK, Some(id.clone()), error)
     }
 
     /// Every tool the upstream lists now, following its cursors, and whether it answered on an
@@ -751,10 +904,19 @@ impl Ctx {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(self.caller.server_id, (Arc::new(catalog), Instant::now()));
+        self.gw
+            .mcp
+            .param_headers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                self.caller.server_id,
+                Arc::new(crate::stateless::param_headers(&tools)),
+            );
         Ok((tools, streamed))
     }
 
-    async fn catalog(&self) -> Option<Arc<Catalog>> {
+    pub(crate) async fn catalog(&self) -> Option<Arc<Catalog>> {
         let cached = self
             .gw
             .mcp
@@ -783,7 +945,7 @@ impl Ctx {
             .lookup(self.caller.server_id, self.caller.agent.id)
     }
 
-    async fn tools_list(&self, req: Request) -> Response {
+    pub(crate) async fn tools_list(&self, req: Request) -> Response {
         let offset = match req.params.as_ref().and_then(|p| p.get("cursor")) {
             None | Some(Value::Null) => 0,
             Some(Value::String(c)) => match decode_cursor(c) {
@@ -846,7 +1008,7 @@ impl Ctx {
         }
     }
 
-    async fn tools_call(&self, req: Request) -> Response {
+    pub(crate) async fn tools_call(&self, req: Request) -> Response {
         let started = Instant::now();
         let params = req.params.clone().unwrap_or(Value::Null);
         let Some(tool) = params
@@ -931,6 +1093,18 @@ impl Ctx {
             Decision::Proceed {
                 limits, approval, ..
             } => {
+                // A stateless client's next input round of a call parked here: the call was
+                // counted (and, if it needed one, approved) on its first round, and is
+                // continued, not sent again; the policy still had its say. (A stateless
+                // upstream's round is sent again: it is counted again, below.)
+                if let Some(round) = self.round.as_ref().filter(|r| r.is_parked()) {
+                    event.decision = "allow".into();
+                    let response = crate::stateless::resume(self, &req, round).await;
+                    event.latency_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+                    event.upstream_status = Some(i32::from(response.status().as_u16()));
+                    self.gw.activity.record(event);
+                    return response;
+                }
                 let keys: Vec<LimitKey> = limits
                     .iter()
                     .map(|l| LimitKey {
@@ -973,12 +1147,18 @@ impl Ctx {
                         return refusal(&req.id, &text, Some(&limit.rule), Some(&*policy));
                     }
                 };
-                if let Some(approval) = approval {
+                // A round of a call already approved (bound to the same arguments) is not
+                // held again.
+                if let Some(approval) = approval.as_ref().filter(|_| self.round.is_none()) {
                     return self
                         .hold(req, arguments.clone(), approval.clone(), reservation, event)
                         .await;
                 }
                 event.decision = "allow".into();
+                if self.upstream.stateless {
+                    // The tool's `x-mcp-header` annotations, for the mirror headers.
+                    let _ = self.catalog().await;
+                }
                 let raw = Message::Request(req.clone()).to_value();
                 let response = self.forward(&req.id, &raw, Some(reservation)).await;
                 event.latency_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
@@ -1336,7 +1516,7 @@ impl Ctx {
         }
     }
 
-    fn event(&self, method: &str, tool: Option<&str>, arguments: &Value) -> NewEvent {
+    pub(crate) fn event(&self, method: &str, tool: Option<&str>, arguments: &Value) -> NewEvent {
         NewEvent {
             id: Uuid::now_v7(),
             org_id: self.caller.agent.org_id,
@@ -1381,7 +1561,7 @@ struct Relay {
 /// event (an id with no data) goes out with the next event, sparing the client a wake-up. If
 /// the upstream stops before answering, the client gets an error for its request, and the
 /// call's reservation is released, as it is when the answer is a JSON-RPC error.
-fn relay(
+pub(crate) fn relay(
     gw: Arc<Gateway>,
     id: RequestId,
     events: EventStream,
@@ -1411,10 +1591,7 @@ fn relay(
                         {
                             r.gw.counters.release(reserved);
                         }
-                        tokio::spawn(async move {
-                            let drain = async { while events.next().await.is_some() {} };
-                            let _ = tokio::time::timeout(DRAIN, drain).await;
-                        });
+                        drain(events);
                         return Some((Ok(Bytes::from(out)), r));
                     }
                     if event.data.is_empty() {
@@ -1443,6 +1620,23 @@ fn relay(
             }
         }
     })
+}
+
+/// Reads the rest of an answered upstream stream (so its connection goes back to the pool):
+/// inline when it has already ended, else in the background for at most [`DRAIN`].
+fn drain(mut events: EventStream) {
+    use futures_util::FutureExt as _;
+    loop {
+        match events.next().now_or_never() {
+            Some(Some(_)) => continue,
+            Some(None) => return,
+            None => break,
+        }
+    }
+    tokio::spawn(async move {
+        let rest = async { while events.next().await.is_some() {} };
+        let _ = tokio::time::timeout(DRAIN, rest).await;
+    });
 }
 
 fn encode_cursor(offset: usize) -> String {
@@ -1476,17 +1670,28 @@ pub async fn get(
         Err(r) => return r,
     };
     let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
-    let upstream_session = ctx.upstream_session();
-    let upstream_events = match ctx
-        .upstream
-        .client
-        .open_stream(
-            upstream_session.as_deref(),
-            Some(&ctx.session.protocol_version),
-            last_event_id,
-        )
-        .await
-    {
+    let version = Some(ctx.session.protocol_version.as_str());
+    let stateless = ctx.upstream.stateless;
+    let opened = if stateless {
+        Ok(ctx.listen_upstream().await)
+    } else {
+        match ctx
+            .client
+            .open_stream(ctx.upstream_session().as_deref(), version, last_event_id)
+            .await
+        {
+            Err(UpstreamError::SessionExpired) => match ctx.reopen().await {
+                Ok(session) => {
+                    ctx.client
+                        .open_stream(session.as_deref(), version, None)
+                        .await
+                }
+                Err(e) => Err(e),
+            },
+            other => other,
+        }
+    };
+    let upstream_events = match opened {
         Ok(Some(events)) => Some(events),
         Ok(None) => None,
         Err(e) => {
@@ -1516,7 +1721,15 @@ pub async fn get(
             // The upstream's stream ends at its first error; ours goes on.
             let theirs = events
                 .take_while(|e| futures_util::future::ready(e.is_ok()))
-                .filter_map(|e| futures_util::future::ready(e.ok()))
+                .filter_map(move |e| {
+                    futures_util::future::ready(e.ok().and_then(|e| {
+                        if stateless {
+                            crate::translate::from_listen(e)
+                        } else {
+                            Some(e)
+                        }
+                    }))
+                })
                 .map(|e| Ok(Bytes::from(encode_event(&e))));
             sse_response(futures_util::stream::select(theirs, ours).take_until(ended))
         }
@@ -1525,7 +1738,7 @@ pub async fn get(
 }
 
 /// Resolves when this agent (or possibly any agent) has changed.
-async fn agent_changed(mut rx: tokio::sync::broadcast::Receiver<Uuid>, agent_id: Uuid) {
+pub(crate) async fn agent_changed(mut rx: tokio::sync::broadcast::Receiver<Uuid>, agent_id: Uuid) {
     loop {
         match rx.recv().await {
             Ok(id) if id == agent_id || id.is_nil() => return,
@@ -1537,7 +1750,7 @@ async fn agent_changed(mut rx: tokio::sync::broadcast::Receiver<Uuid>, agent_id:
 }
 
 /// Publishes concerning `server_id`, as a stream.
-fn tokio_stream_of(
+pub(crate) fn tokio_stream_of(
     rx: tokio::sync::broadcast::Receiver<Uuid>,
     server_id: Uuid,
 ) -> impl futures_util::Stream<Item = ()> + Send + 'static {
@@ -1569,9 +1782,13 @@ pub async fn delete(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .remove(&ctx.session.id);
+    gw.mcp
+        .log_levels
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&ctx.session.id);
     if let Some(up) = upstream_session
         && let Err(e) = ctx
-            .upstream
             .client
             .delete_session(&up, Some(&ctx.session.protocol_version))
             .await

@@ -62,6 +62,35 @@ impl SessionSealer {
         )
     }
 
+    /// Seals any small value as a token `{prefix}{base64url}`, bound to `aad` (one per kind of
+    /// token, so a token of one kind is never accepted as another).
+    pub fn seal_value<T: Serialize>(&self, prefix: &str, aad: &[u8], value: &T) -> String {
+        let json = serde_json::to_vec(value).unwrap_or_default();
+        let sealed = self.sealer.seal(&json, aad).unwrap_or_default();
+        format!(
+            "{prefix}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sealed)
+        )
+    }
+
+    /// Opens a token of [`seal_value`](Self::seal_value); `None` for anything else.
+    pub fn open_value<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &str,
+        aad: &[u8],
+        token: &str,
+    ) -> Option<T> {
+        let body = token.strip_prefix(prefix)?;
+        if body.len() > 64 * 1024 {
+            return None;
+        }
+        let sealed = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(body)
+            .ok()?;
+        let json = self.sealer.open(&sealed, aad)?;
+        serde_json::from_slice(&json).ok()
+    }
+
     /// `None` for anything this deployment did not issue (or that was altered).
     pub fn open(&self, token: &str) -> Option<Session> {
         let body = token.strip_prefix(PREFIX)?;

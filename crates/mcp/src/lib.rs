@@ -5,5 +5,6 @@
 
 pub mod jsonrpc;
 pub mod sse;
+pub mod stateless;
 pub mod upstream;
 pub mod version;

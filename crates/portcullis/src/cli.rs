@@ -114,8 +114,9 @@ pub struct ServerOpts {
     #[arg(long, env = "PORTCULLIS_ALLOW_PRIVATE_UPSTREAMS")]
     pub allow_private_upstreams: bool,
 
-    /// Allow registering stdio MCP servers, which spawn a local command (self-hosted only: it is
-    /// remote code execution for anyone who can register a server).
+    /// Allow stdio MCP servers, which spawn a local command (self-hosted only: it is remote code
+    /// execution for anyone who can register a server). The console needs it to register one,
+    /// a gateway to run one.
     #[arg(long, env = "PORTCULLIS_ALLOW_STDIO_SERVERS")]
     pub allow_stdio_servers: bool,
 
@@ -158,6 +159,11 @@ pub struct ServerOpts {
     /// Timeout of every upstream call, in seconds (held approvals excepted).
     #[arg(long, env = "PORTCULLIS_UPSTREAM_TIMEOUT", default_value_t = 60)]
     pub upstream_timeout: u64,
+
+    /// Close a stdio server's process (or a legacy SSE upstream's connection) after this many
+    /// seconds without a call or an open stream; the next call starts it again.
+    #[arg(long, env = "PORTCULLIS_UPSTREAM_IDLE_TIMEOUT", default_value_t = 300)]
+    pub upstream_idle_timeout: u64,
 
     /// On SIGTERM or Ctrl-C: stop accepting, then give calls in flight this many seconds to
     /// finish (server-initiated streams end at once), then write the queued activity events.

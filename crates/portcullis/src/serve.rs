@@ -221,6 +221,8 @@ async fn serve(planes: Planes, opts: &ServerOpts, pool: &PgPool) -> anyhow::Resu
             redis_url: opts.redis_url.clone(),
             limits_fail_closed: opts.limits_fail_closed,
             allow_private_upstreams: opts.allow_private_upstreams,
+            allow_stdio_servers: opts.allow_stdio_servers,
+            upstream_idle_timeout: std::time::Duration::from_secs(opts.upstream_idle_timeout),
             console_url: Some(public_url.clone()),
             spill_dir: Some(opts.database.data_dir.clone()),
             ..portcullis_gateway::GatewayConfig::default()
@@ -310,6 +312,10 @@ async fn serve(planes: Planes, opts: &ServerOpts, pool: &PgPool) -> anyhow::Resu
     }
     drop(stop_rx);
     if let Some(gateway) = gateway {
+        let closed = gateway.close_upstreams().await;
+        if closed > 0 {
+            tracing::info!(closed, "stdio servers and SSE upstreams closed");
+        }
         match tokio::time::timeout(std::time::Duration::from_secs(10), gateway.flush_activity())
             .await
         {

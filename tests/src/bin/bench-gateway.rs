@@ -5,7 +5,12 @@
 //! cargo build --release -p portcullis -p portcullis-tests --bin portcullis --bin bench-gateway
 //! target/release/bench-gateway --gateway-bin target/release/portcullis --seconds 10
 //! GATEWAY_TOKIO_WORKER_THREADS=1 target/release/bench-gateway ...   # settings for the gateway alone
+//! target/release/bench-gateway ... --nginx /usr/sbin/nginx   # also a bare nginx hop, for scale
 //! ```
+//!
+//! With `--nginx`, a third path runs in the same run: the same upstream behind a plain nginx
+//! reverse proxy (one worker, keep-alive to the upstream, no buffering, no logging): what one
+//! HTTP hop costs on this machine, without any policy.
 //!
 //! The upstream is the rmcp test server (its `echo` tool) in this process; the gateway is the
 //! real `portcullis gateway` binary in its own process (so its peak RSS can be read), on a fresh
@@ -22,6 +27,7 @@ struct Args {
     gateway_bin: String,
     seconds: u64,
     concurrency: Vec<usize>,
+    nginx: Option<String>,
 }
 
 fn args() -> Args {
@@ -29,6 +35,7 @@ fn args() -> Args {
         gateway_bin: "target/release/portcullis".into(),
         seconds: 10,
         concurrency: vec![1, 32],
+        nginx: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -45,6 +52,7 @@ fn args() -> Args {
                     .map(|s| s.parse().expect("a number"))
                     .collect()
             }
+            "--nginx" => args.nginx = Some(it.next().expect("--nginx PATH")),
             other => panic!("unknown argument {other}; see the file's doc comment"),
         }
     }
@@ -137,6 +145,71 @@ async fn run(url: &str, key: Option<&str>, concurrency: usize, seconds: u64) -> 
     }
 }
 
+/// A plain nginx reverse proxy in front of `upstream` (see the module documentation); killed
+/// on drop.
+struct Nginx {
+    url: String,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+fn start_nginx(bin: &str, upstream: std::net::SocketAddr) -> Nginx {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let port = portcullis_tests::process::free_port();
+    let d = dir.path().display();
+    let config = format!(
+        r#"master_process off;
+worker_processes 1;
+error_log {d}/error.log;
+pid {d}/nginx.pid;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body;
+  proxy_temp_path {d}/proxy;
+  upstream up {{ server {upstream}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host {upstream};
+      proxy_buffering off;
+      proxy_request_buffering off;
+    }}
+  }}
+}}
+"#
+    );
+    std::fs::write(dir.path().join("nginx.conf"), config).expect("the nginx configuration");
+    let child = std::process::Command::new(bin)
+        .arg("-p")
+        .arg(dir.path())
+        .arg("-c")
+        .arg(dir.path().join("nginx.conf"))
+        .args(["-g", "daemon off;"])
+        .spawn()
+        .expect("nginx starts");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nginx did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Nginx {
+        url: format!("http://127.0.0.1:{port}/mcp"),
+        child,
+        _dir: dir,
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let args = args();
@@ -150,6 +223,10 @@ async fn main() {
     let (mut child, listen) =
         portcullis_tests::bench::spawn_gateway(&args.gateway_bin, &seeded.db.url());
     let gateway_url = format!("http://{listen}/mcp/{}", seeded.server_id);
+    let nginx = args
+        .nginx
+        .as_deref()
+        .map(|bin| start_nginx(bin, upstream.addr));
 
     println!(
         "policy: {rules} tool rules + 2 hide globs; {} s per run after 1 s warm-up\n",
@@ -161,7 +238,15 @@ async fn main() {
     for &c in &args.concurrency {
         let direct = run(&upstream.url, None, c, args.seconds).await;
         let through = run(&gateway_url, Some(&seeded.agent_key), c, args.seconds).await;
-        for (name, s) in [("direct", &direct), ("gateway", &through)] {
+        let hop = match &nginx {
+            Some(n) => Some(run(&n.url, None, c, args.seconds).await),
+            None => None,
+        };
+        let mut rows = vec![("direct", &direct), ("gateway", &through)];
+        if let Some(h) = &hop {
+            rows.push(("nginx hop", h));
+        }
+        for (name, s) in rows {
             println!(
                 "| {c} | {name} | {:.0} | {:.0} µs | {:.0} µs | {} |",
                 s.rps,
@@ -170,15 +255,24 @@ async fn main() {
                 s.errors
             );
         }
-        summary.push((c, direct, through));
+        summary.push((c, direct, through, hop));
     }
     println!();
-    for (c, direct, through) in &summary {
+    for (c, direct, through, hop) in &summary {
+        let added = |s: &Stats| (s.p50.as_secs_f64() - direct.p50.as_secs_f64()) * 1e6;
+        let ratio = |s: &Stats| 100.0 * s.rps / direct.rps.max(1.0);
         println!(
             "concurrency {c}: added p50 {:.0} µs, throughput through the gateway {:.0}% of direct",
-            (through.p50.as_secs_f64() - direct.p50.as_secs_f64()) * 1e6,
-            100.0 * through.rps / direct.rps.max(1.0)
+            added(through),
+            ratio(through)
         );
+        if let Some(h) = hop {
+            println!(
+                "concurrency {c}: a bare nginx hop adds {:.0} µs at p50, {:.0}% of direct throughput",
+                added(h),
+                ratio(h)
+            );
+        }
     }
     println!(
         "gateway peak RSS: {:.1} MiB",

@@ -276,18 +276,18 @@ pub(crate) async fn create_server(
                 problems.push(FieldProblem::new("/env", "is for stdio servers only"));
             }
             match transport {
-                "auto" | "streamable_http" => {}
-                "sse" => problems.push(FieldProblem::new(
-                    "/transport",
-                    "the legacy HTTP+SSE transport (2024-11-05) is not supported yet; use auto or streamable_http",
-                )),
+                "auto" | "streamable_http" | "sse" => {}
                 other => problems.push(FieldProblem::new(
                     "/transport",
                     format!("must be auto, streamable_http or sse, not {other:?}"),
                 )),
             }
             match check_url(&url) {
-                Ok(url) => Some(Target::Http { url, headers }),
+                Ok(url) => Some(Target::Http {
+                    url,
+                    headers,
+                    transport: transport.to_owned(),
+                }),
                 Err(problem) => {
                     problems.push(problem);
                     None
@@ -357,7 +357,7 @@ pub(crate) async fn create_server(
             .map_err(|_| ApiError::internal())
     };
     let (url, command, header_names, secrets, transport) = match &target {
-        Target::Http { url, headers } => (
+        Target::Http { url, headers, .. } => (
             Some(url.as_str()),
             None,
             headers.keys().cloned().collect::<Vec<_>>(),
@@ -365,7 +365,7 @@ pub(crate) async fn create_server(
                 headers_enc: seal(headers)?,
                 env_enc: None,
             },
-            "streamable_http",
+            found.transport,
         ),
         Target::Stdio { command, env } => (
             None,
@@ -439,6 +439,8 @@ enum Target {
     Http {
         url: url::Url,
         headers: BTreeMap<String, String>,
+        /// `auto`, `streamable_http` or `sse`.
+        transport: String,
     },
     Stdio {
         command: Vec<String>,
@@ -449,7 +451,11 @@ enum Target {
 impl Target {
     async fn discover(&self, state: &ConsoleState) -> ApiResult<Found> {
         match self {
-            Target::Http { url, headers } => discovery::discover_http(state, url, headers).await,
+            Target::Http {
+                url,
+                headers,
+                transport,
+            } => discovery::discover_http(state, url, headers, transport).await,
             Target::Stdio { command, env } => discovery::discover_stdio(state, command, env).await,
         }
     }
@@ -478,6 +484,8 @@ impl Target {
             (Some(url), _) => Ok(Target::Http {
                 url: url::Url::parse(url).map_err(|_| ApiError::internal())?,
                 headers: open(secrets.headers_enc, "/headers")?,
+                // Rediscovery keeps the transport found at registration.
+                transport: server.transport.clone(),
             }),
             (None, Some(command)) => {
                 if !state.config().allow_stdio_servers {

@@ -9,6 +9,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use super::channel::{ChannelClient, SendFn};
 use super::{EventStream, Initialized, UpstreamConfig, UpstreamError, collect_until_response};
 use crate::jsonrpc::{Message, RequestId};
 
@@ -151,12 +152,42 @@ impl StreamableHttpClient {
         session: Option<&str>,
         protocol_version: Option<&str>,
     ) -> Result<PostResponse, UpstreamError> {
+        self.post_body(body.into(), session, protocol_version, &[])
+            .await
+    }
+
+    /// [`post`](Self::post) with more headers: the stateless revision's mirror headers
+    /// (`Mcp-Method`, `Mcp-Name`, `Mcp-Param-*`), computed from the message as sent.
+    pub async fn post_with_headers(
+        &self,
+        message: &Value,
+        protocol_version: Option<&str>,
+        extra: &[(String, String)],
+    ) -> Result<PostResponse, UpstreamError> {
+        let body = serde_json::to_vec(message)
+            .map_err(|e| UpstreamError::Protocol(format!("cannot serialize the message: {e}")))?;
+        self.post_body(body.into(), None, protocol_version, extra)
+            .await
+    }
+
+    async fn post_body(
+        &self,
+        body: Bytes,
+        session: Option<&str>,
+        protocol_version: Option<&str>,
+        extra: &[(String, String)],
+    ) -> Result<PostResponse, UpstreamError> {
         let deadline = Instant::now() + self.inner.timeout;
-        let request = self
+        let mut request = self
             .request(Method::POST, session, protocol_version)?
             .header(header::ACCEPT, ACCEPT_BOTH)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(body.into());
+            .header(header::CONTENT_TYPE, "application/json");
+        for (name, value) in extra {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| UpstreamError::Protocol(format!("invalid header name {name}")))?;
+            request = request.header(name, header_value(value, "a mirror header")?);
+        }
+        let request = request.body(body);
         let response = self.send(request, deadline).await?;
         let status = response.status();
         if !status.is_success() {
@@ -310,6 +341,138 @@ impl StreamableHttpClient {
             UpstreamError::SessionExpired => Ok(()),
             other => Err(other),
         }
+    }
+
+    /// Connects to a legacy HTTP+SSE endpoint (2024-11-05): GETs the SSE stream, waits for its
+    /// `endpoint` event (a URI, possibly relative to the stream's URL, which must stay on the
+    /// same origin), and returns a [`ChannelClient`] that POSTs each message there and reads
+    /// the answers as `message` events of the stream. The connection is the session; when the
+    /// stream ends, requests in flight fail and the caller connects anew.
+    pub async fn connect_legacy_sse(&self) -> Result<ChannelClient, UpstreamError> {
+        let deadline = Instant::now() + self.inner.timeout;
+        let request = self
+            .request(Method::GET, None, None)?
+            .header(header::ACCEPT, "text/event-stream");
+        let response = self.send(request, deadline).await?;
+        if !response.status().is_success() {
+            return Err(self.status_error(response, false, deadline).await);
+        }
+        match content_kind(response.headers()) {
+            ContentKind::EventStream => {}
+            ContentKind::Other(content_type) => {
+                return Err(UpstreamError::NotMcp(format!(
+                    "the SSE endpoint answered {}",
+                    self.scrub(&content_type)
+                )));
+            }
+            _ => {
+                return Err(UpstreamError::NotMcp(
+                    "the SSE endpoint did not answer with text/event-stream".into(),
+                ));
+            }
+        }
+        let mut events = self.event_stream(response, None);
+        let endpoint = tokio::time::timeout_at(deadline, async {
+            while let Some(event) = futures_util::StreamExt::next(&mut events).await {
+                let event = event?;
+                if event.event.as_deref() == Some("endpoint") {
+                    return Ok(event.data);
+                }
+            }
+            Err(UpstreamError::Protocol(
+                "the SSE stream ended before its endpoint event".into(),
+            ))
+        })
+        .await
+        .map_err(|_| UpstreamError::Timeout(self.inner.timeout))??;
+        let endpoint = self
+            .inner
+            .url
+            .join(endpoint.trim())
+            .map_err(|_| UpstreamError::Protocol("the endpoint event is not a URI".into()))?;
+        if endpoint.origin() != self.inner.url.origin() {
+            return Err(UpstreamError::Protocol(
+                "the endpoint event points to another origin".into(),
+            ));
+        }
+        let poster = self.clone();
+        let send: SendFn = Arc::new(move |message: Value| {
+            let poster = poster.clone();
+            let endpoint = endpoint.clone();
+            Box::pin(async move { poster.post_to_endpoint(endpoint, &message).await })
+        });
+        // Closing stops the reader, which drops the stream (and its connection).
+        let reader_task: Arc<std::sync::Mutex<Option<tokio::task::AbortHandle>>> = Arc::default();
+        let to_abort = reader_task.clone();
+        let client = ChannelClient::new(
+            send,
+            Box::new(move || {
+                Box::pin(async move {
+                    if let Some(task) = to_abort.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                        task.abort();
+                    }
+                })
+            }),
+            self.inner.timeout,
+            self.inner.max_event_bytes,
+        );
+        let reader = client.clone();
+        let scrubber = self.clone();
+        let task = tokio::spawn(async move {
+            let why = loop {
+                match futures_util::StreamExt::next(&mut events).await {
+                    None => break UpstreamError::Connect("the SSE stream ended".into()),
+                    Some(Err(e)) => break e,
+                    Some(Ok(event)) => {
+                        if event.event.as_deref().is_some_and(|e| e != "message")
+                            || event.data.trim().is_empty()
+                        {
+                            continue;
+                        }
+                        match serde_json::from_str::<Value>(&event.data) {
+                            Ok(message) if message.is_object() => reader.receive(message),
+                            _ => {
+                                break UpstreamError::NotMcp(format!(
+                                    "the SSE stream carried something that is not JSON-RPC: {}",
+                                    scrubber
+                                        .scrub(&event.data.chars().take(200).collect::<String>())
+                                ));
+                            }
+                        }
+                    }
+                }
+            };
+            reader.ended(why);
+        });
+        *reader_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.abort_handle());
+        Ok(client)
+    }
+
+    /// POSTs one message to a legacy endpoint; the answer comes on the SSE stream.
+    async fn post_to_endpoint(
+        &self,
+        endpoint: url::Url,
+        message: &Value,
+    ) -> Result<(), UpstreamError> {
+        if let Some(e) = &self.inner.config_error {
+            return Err(UpstreamError::Config(e.clone()));
+        }
+        let deadline = Instant::now() + self.inner.timeout;
+        let body = serde_json::to_vec(message)
+            .map_err(|e| UpstreamError::Protocol(format!("cannot serialize the message: {e}")))?;
+        let request = self
+            .http
+            .post(endpoint)
+            .headers(self.inner.headers.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body);
+        let response = self.send(request, deadline).await?;
+        if !response.status().is_success() {
+            return Err(self.status_error(response, false, deadline).await);
+        }
+        // Read the (empty or ignored) body, so the connection can be reused.
+        let _ = self.read_body(response, deadline).await;
+        Ok(())
     }
 
     fn request(

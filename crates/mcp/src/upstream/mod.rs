@@ -5,6 +5,7 @@
 //! timeouts) are recorded in the crate's README.md.
 
 pub mod addresses;
+mod channel;
 mod discover;
 mod http;
 mod stdio;
@@ -17,10 +18,72 @@ use serde_json::{Value, json};
 use crate::jsonrpc::{ErrorObject, code};
 use crate::sse::DEFAULT_MAX_EVENT_BYTES;
 
-pub use discover::{Discovery, MAX_TOOL_PAGES, discover, list_all_tools};
+pub use channel::{ChannelClient, CloseFn, SendFn};
+pub use discover::{Discovery, MAX_TOOL_PAGES, discover, list_all_tools, post_stateless};
 pub use http::{PostResponse, StreamableHttpClient};
-pub use stdio::{INHERITED_ENV, StdioClient, StdioConfig, discover_stdio};
+pub use stdio::{
+    INHERITED_ENV, STOP_GRACE, StdioClient, StdioConfig, discover_stdio, spawn_channel,
+};
 pub use stream::{EventStream, collect_until_response};
+
+/// A connection to an upstream, whatever its transport: Streamable HTTP (one HTTP exchange
+/// per message) or a shared channel (stdio, legacy HTTP+SSE). Cheap to clone.
+#[derive(Debug, Clone)]
+pub enum Client {
+    Http(StreamableHttpClient),
+    Channel(ChannelClient),
+}
+
+impl Client {
+    /// Sends one message; see [`StreamableHttpClient::post`] and [`ChannelClient::post`].
+    pub async fn post(
+        &self,
+        message: &Value,
+        session: Option<&str>,
+        protocol_version: Option<&str>,
+    ) -> Result<PostResponse, UpstreamError> {
+        match self {
+            Client::Http(c) => c.post(message, session, protocol_version).await,
+            Client::Channel(c) => c.post(message, session, protocol_version).await,
+        }
+    }
+
+    pub async fn initialize(&self, params: Value) -> Result<Initialized, UpstreamError> {
+        match self {
+            Client::Http(c) => c.initialize(params).await,
+            Client::Channel(c) => c.initialize(params).await,
+        }
+    }
+
+    /// The server-initiated stream (`Last-Event-ID` resumption over Streamable HTTP only).
+    pub async fn open_stream(
+        &self,
+        session: Option<&str>,
+        protocol_version: Option<&str>,
+        last_event_id: Option<&str>,
+    ) -> Result<Option<EventStream>, UpstreamError> {
+        match self {
+            Client::Http(c) => {
+                c.open_stream(session, protocol_version, last_event_id)
+                    .await
+            }
+            Client::Channel(c) => c.open_stream(session).await,
+        }
+    }
+
+    /// Ends an upstream session. A channel is shared and outlives its callers' sessions: it is
+    /// closed by its owner (idle timeout), not here.
+    pub async fn delete_session(
+        &self,
+        session: &str,
+        protocol_version: Option<&str>,
+    ) -> Result<(), UpstreamError> {
+        match self {
+            Client::Http(c) => c.delete_session(session, protocol_version).await,
+            Client::Channel(_) => Ok(()),
+        }
+    }
+}
 
 /// The default per-call timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);

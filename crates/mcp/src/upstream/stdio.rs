@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
+use super::channel::{ChannelClient, CloseFn, SendFn};
 use super::{Discovery, Initialized, PostResponse, UpstreamError, list_all_tools};
 use crate::jsonrpc::{Message, RequestId};
 use crate::version::ProtocolVersion;
@@ -69,37 +70,9 @@ impl std::fmt::Debug for StdioClient {
 impl StdioClient {
     /// Starts the command with a clean environment (see the module documentation).
     pub fn spawn(config: &StdioConfig) -> Result<StdioClient, UpstreamError> {
-        let Some((program, args)) = config.command.split_first() else {
-            return Err(UpstreamError::Config("the command is empty".into()));
-        };
-        let mut command = Command::new(program);
-        command
-            .args(args)
-            .env_clear()
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        for name in INHERITED_ENV {
-            if let Some(value) = std::env::var_os(name) {
-                command.env(name, value);
-            }
-        }
-        for (name, value) in &config.env {
-            command.env(name, value);
-        }
-        let mut child = command.spawn().map_err(|e| {
-            UpstreamError::Connect(format!("cannot start {program:?}: {}", io_words(&e)))
-        })?;
-        let (Some(stdin), Some(stdout), Some(stderr)) =
-            (child.stdin.take(), child.stdout.take(), child.stderr.take())
-        else {
-            return Err(UpstreamError::Connect(
-                "the command's pipes are missing".into(),
-            ));
-        };
+        let (child, stdin, stdout, stderr) = spawn_child(config)?;
         let kept = Arc::new(Mutex::new(Vec::new()));
-        let stderr_task = tokio::spawn(keep_tail(stderr, kept.clone()));
+        let stderr_task = tokio::spawn(keep_tail(stderr, kept.clone(), None));
         Ok(StdioClient {
             child,
             stdin,
@@ -192,26 +165,8 @@ impl StdioClient {
 
     /// The error for a child that went away: its exit status and the end of its stderr.
     async fn exited(&mut self, what: &str) -> UpstreamError {
-        let status = tokio::time::timeout(Duration::from_secs(1), self.child.wait())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .map(|s| format!(" ({s})"))
-            .unwrap_or_default();
-        // Everything it wrote to stderr before exiting.
-        if let Some(task) = self.stderr_task.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
-        }
-        let stderr =
-            String::from_utf8_lossy(&self.stderr.lock().unwrap_or_else(|e| e.into_inner()))
-                .trim()
-                .to_owned();
-        let tail = if stderr.is_empty() {
-            String::new()
-        } else {
-            format!(": {}", shorten(&stderr))
-        };
-        UpstreamError::Connect(format!("the command {what}{status}{tail}"))
+        let status = exit_status(&mut self.child).await;
+        exit_error(what, &status, self.stderr_task.take(), &self.stderr).await
     }
 
     /// Ends the process: closes its input, then kills it if it lingers.
@@ -224,6 +179,184 @@ impl StdioClient {
             let _ = self.child.kill().await;
         }
     }
+}
+
+type Pipes = (Child, ChildStdin, ChildStdout, tokio::process::ChildStderr);
+
+/// Starts the command with a clean environment and piped standard streams.
+fn spawn_child(config: &StdioConfig) -> Result<Pipes, UpstreamError> {
+    let Some((program, args)) = config.command.split_first() else {
+        return Err(UpstreamError::Config("the command is empty".into()));
+    };
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for name in INHERITED_ENV {
+        if let Some(value) = std::env::var_os(name) {
+            command.env(name, value);
+        }
+    }
+    for (name, value) in &config.env {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().map_err(|e| {
+        UpstreamError::Connect(format!("cannot start {program:?}: {}", io_words(&e)))
+    })?;
+    match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
+        (Some(stdin), Some(stdout), Some(stderr)) => Ok((child, stdin, stdout, stderr)),
+        _ => Err(UpstreamError::Connect(
+            "the command's pipes are missing".into(),
+        )),
+    }
+}
+
+/// How long a stdio server gets to exit after its input is closed, and again after SIGTERM.
+pub const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// Starts the command as a long-lived upstream shared by many requests (see
+/// [`ChannelClient`]). Its stderr is logged line by line under `label` (and its end kept to
+/// explain an exit); a line on stdout that is not JSON is logged and skipped. When the
+/// process exits, requests in flight fail with its exit status and the end of its stderr.
+/// [`ChannelClient::close`] closes its input, then sends SIGTERM, then SIGKILL, waiting
+/// [`STOP_GRACE`] between steps.
+pub fn spawn_channel(
+    config: &StdioConfig,
+    label: &str,
+) -> Result<(ChannelClient, Option<u32>), UpstreamError> {
+    let (child, stdin, stdout, stderr) = spawn_child(config)?;
+    let pid = child.id();
+    let kept = Arc::new(Mutex::new(Vec::new()));
+    let stderr_task = tokio::spawn(keep_tail(stderr, kept.clone(), Some(label.to_owned())));
+    let stdin = Arc::new(tokio::sync::Mutex::new(Some(stdin)));
+    let child = Arc::new(tokio::sync::Mutex::new(child));
+    let timeout = config.timeout;
+    let send: SendFn = {
+        let stdin = stdin.clone();
+        Arc::new(move |message: Value| {
+            let stdin = stdin.clone();
+            Box::pin(async move {
+                let mut line = message.to_string();
+                line.push('\n');
+                let mut guard = stdin.lock().await;
+                let Some(writer) = guard.as_mut() else {
+                    return Err(UpstreamError::Connect("the command is stopping".into()));
+                };
+                let written = tokio::time::timeout(timeout, async {
+                    writer.write_all(line.as_bytes()).await?;
+                    writer.flush().await
+                })
+                .await;
+                match written {
+                    Err(_) => Err(UpstreamError::Timeout(timeout)),
+                    Ok(Err(_)) => Err(UpstreamError::Connect(
+                        "the command closed its input".into(),
+                    )),
+                    Ok(Ok(())) => Ok(()),
+                }
+            })
+        })
+    };
+    let close: CloseFn = {
+        let child = child.clone();
+        Box::new(move || {
+            Box::pin(async move {
+                // Closing stdin is the polite request to stop.
+                stdin.lock().await.take();
+                let mut child = child.lock().await;
+                if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_ok() {
+                    return;
+                }
+                if let Some(pid) = child
+                    .id()
+                    .and_then(|p| rustix::process::Pid::from_raw(p as i32))
+                {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+                    if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_ok() {
+                        return;
+                    }
+                }
+                let _ = child.kill().await;
+            })
+        })
+    };
+    let client = ChannelClient::new(send, close, config.timeout, config.max_message_bytes);
+    let reader = client.clone();
+    let max = config.max_message_bytes;
+    let label = label.to_owned();
+    tokio::spawn(async move {
+        let mut stdout = BufReader::new(stdout);
+        let why = loop {
+            let mut line = Vec::new();
+            let limit = u64::try_from(max).unwrap_or(u64::MAX) + 1;
+            match (&mut stdout).take(limit).read_until(b'\n', &mut line).await {
+                Err(e) => break format!("its output broke: {}", io_words(&e)),
+                Ok(0) => break "exited".to_owned(),
+                Ok(_) => {}
+            }
+            if line.len() > max && line.last() != Some(&b'\n') {
+                break format!("wrote a message over the {max}-byte limit");
+            }
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            match serde_json::from_slice::<Value>(&line) {
+                Ok(message) if message.is_object() => reader.receive(message),
+                _ => tracing::warn!(
+                    target: "portcullis::stdio",
+                    server = %label,
+                    "skipped a line that is not a JSON-RPC message: {}",
+                    shorten(&String::from_utf8_lossy(&line))
+                ),
+            }
+        };
+        let status = {
+            let mut child = child.lock().await;
+            if why != "exited" {
+                let _ = child.start_kill();
+            }
+            exit_status(&mut child).await
+        };
+        tracing::info!(target: "portcullis::stdio", server = %label, "stdio server stopped: {why}{status}");
+        reader.ended(exit_error(&why, &status, Some(stderr_task), &kept).await);
+    });
+    Ok((client, pid))
+}
+
+/// " (exit status: N)" when the child exits within a second, else nothing.
+async fn exit_status(child: &mut Child) -> String {
+    tokio::time::timeout(Duration::from_secs(1), child.wait())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map(|s| format!(" ({s})"))
+        .unwrap_or_default()
+}
+
+/// The error for a child that went away: what happened, its exit status, and the end of its
+/// stderr (once `stderr_task` has read everything it wrote, for at most a second).
+async fn exit_error(
+    what: &str,
+    status: &str,
+    stderr_task: Option<tokio::task::JoinHandle<()>>,
+    kept: &Mutex<Vec<u8>>,
+) -> UpstreamError {
+    if let Some(task) = stderr_task {
+        let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+    }
+    let stderr = String::from_utf8_lossy(&kept.lock().unwrap_or_else(|e| e.into_inner()))
+        .trim()
+        .to_owned();
+    let tail = if stderr.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", shorten(&stderr))
+    };
+    UpstreamError::Connect(format!("the command {what}{status}{tail}"))
 }
 
 /// Starts the command, initializes it, reads every page of `tools/list`, and ends it.
@@ -288,11 +421,28 @@ pub async fn discover_stdio(
     })
 }
 
-async fn keep_tail(mut stderr: tokio::process::ChildStderr, kept: Arc<Mutex<Vec<u8>>>) {
-    let mut buf = [0u8; 1024];
-    while let Ok(n) = stderr.read(&mut buf).await {
-        if n == 0 {
-            break;
+/// Keeps the end of the child's stderr in `kept`; with `log`, also logs each line (at most
+/// 2 KiB of it) under that label.
+async fn keep_tail(
+    stderr: tokio::process::ChildStderr,
+    kept: Arc<Mutex<Vec<u8>>>,
+    log: Option<String>,
+) {
+    let mut stderr = BufReader::new(stderr);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let limit = u64::try_from(STDERR_KEPT).unwrap_or(u64::MAX);
+        let n = match (&mut stderr).take(limit).read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if let Some(label) = &log {
+            let line = String::from_utf8_lossy(&buf[..n]);
+            let line = line.trim_end();
+            if !line.is_empty() {
+                tracing::info!(target: "portcullis::stdio", server = %label, "stderr: {line}");
+            }
         }
         let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
         kept.extend_from_slice(&buf[..n]);
@@ -411,5 +561,46 @@ read -r line
         .await
         .unwrap_err();
         assert_eq!(silent, UpstreamError::Timeout(Duration::from_millis(200)));
+    }
+
+    #[tokio::test]
+    async fn a_long_lived_server_skips_noise_and_answers_under_the_callers_id() {
+        let script = r#"
+echo 'Server starting...'
+read -r line
+printf '{"jsonrpc":"2.0","id":"portcullis-0","result":{"ok":true}}\n'
+read -r line
+"#;
+        let (client, _) = spawn_channel(&sh(script, &[]), "test").unwrap();
+        let answer = client
+            .post(
+                &json!({"jsonrpc": "2.0", "id": 41, "method": "tools/list"}),
+                None,
+                None,
+            )
+            .await
+            .unwrap();
+        let PostResponse::Json { message, .. } = answer else {
+            panic!("a JSON answer")
+        };
+        assert_eq!(
+            message,
+            json!({"jsonrpc": "2.0", "id": 41, "result": {"ok": true}})
+        );
+        client.close().await;
+    }
+
+    #[tokio::test]
+    async fn closing_a_server_that_ignores_sigterm_kills_it() {
+        let (client, pid) = spawn_channel(
+            &sh("trap '' TERM; while :; do sleep 0.05; done", &[]),
+            "test",
+        )
+        .unwrap();
+        let pid = pid.unwrap();
+        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+        client.close().await;
+        assert!(client.is_closed());
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
     }
 }
