@@ -63,6 +63,38 @@ pub fn test_config() -> ConsoleConfig {
 }
 
 impl TestApp {
+    /// [`Api::publish_policy`], then waits until this app's gateway enforces the published
+    /// version: the gateway learns of a publish from a NOTIFY, a moment later, and the test's
+    /// next call must meet the policy it just published.
+    pub async fn publish_policy(
+        &self,
+        token: &str,
+        org: &str,
+        server_id: &str,
+        agent: Option<&str>,
+        document: &Value,
+    ) -> i64 {
+        let version = self
+            .api
+            .publish_policy(token, org, server_id, agent, document)
+            .await;
+        let server: uuid::Uuid = server_id.parse().expect("a server id");
+        let agent: Option<uuid::Uuid> = agent.map(|a| a.parse().expect("an agent id"));
+        eventually(
+            "the gateway enforces the published version",
+            std::time::Duration::from_secs(5),
+            || async {
+                self.gateway
+                    .policies
+                    .lookup(server, agent.unwrap_or_else(uuid::Uuid::nil))
+                    .filter(|p| p.agent_id == agent && i64::from(p.version) == version)
+                    .map(|_| ())
+            },
+        )
+        .await;
+        version
+    }
+
     pub async fn start() -> TestApp {
         Self::start_with(test_config()).await
     }
@@ -206,7 +238,8 @@ impl Api {
             .post(&format!("{path}/publish{scope}"), token, &json!({}))
             .await;
         assert_eq!(status, StatusCode::OK, "publish: {body}");
-        body["version"].as_i64().expect("a version")
+        let version = body["version"].as_i64().expect("a version");
+        version
     }
 
     /// Creates an agent named `name`; answers its id and key.
