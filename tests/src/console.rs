@@ -238,8 +238,7 @@ impl Api {
             .post(&format!("{path}/publish{scope}"), token, &json!({}))
             .await;
         assert_eq!(status, StatusCode::OK, "publish: {body}");
-        let version = body["version"].as_i64().expect("a version");
-        version
+        body["version"].as_i64().expect("a version")
     }
 
     /// Creates an agent named `name`; answers its id and key.
