@@ -147,10 +147,18 @@ impl Gateway {
         let policies = Arc::new(policies::PolicyCache::new());
         let n = policies.load_all(&db).await?;
         tracing::info!(policies = n, "published policies loaded");
-        let http = portcullis_mcp::upstream::guarded_client_builder(config.allow_private_upstreams)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build()
-            .map_err(|e| StartError::Http(e.to_string()))?;
+        let allow_private = config.allow_private_upstreams;
+        let build = move || {
+            portcullis_mcp::upstream::guarded_client_builder(allow_private)
+                .pool_idle_timeout(Duration::from_secs(90))
+                .build()
+        };
+        // Built once here so a client that cannot be built stops the start; then one per
+        // thread (the data plane runs a runtime per core: see `HttpClients`).
+        let first = build().map_err(|e| StartError::Http(e.to_string()))?;
+        let http = portcullis_mcp::upstream::HttpClients::per_thread(move || {
+            build().unwrap_or_else(|_| first.clone())
+        });
         let (list_changed, _) = tokio::sync::broadcast::channel(256);
         let (agent_changed, _) = tokio::sync::broadcast::channel(256);
         let agents = Arc::new(auth::AgentCache::new(Duration::from_secs(30)));

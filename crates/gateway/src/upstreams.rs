@@ -23,7 +23,7 @@ const TTL: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 pub struct Upstreams {
-    http: reqwest::Client,
+    http: portcullis_mcp::upstream::HttpClients,
     credentials: Sealer,
     timeout: Duration,
     max_body_bytes: usize,
@@ -256,7 +256,7 @@ pub enum UpstreamLookupError {
 
 impl Upstreams {
     pub fn new(
-        http: reqwest::Client,
+        http: portcullis_mcp::upstream::HttpClients,
         credentials: Sealer,
         timeout: Duration,
         max_body_bytes: usize,

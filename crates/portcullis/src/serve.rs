@@ -273,15 +273,10 @@ async fn serve(planes: Planes, opts: &ServerOpts, pool: &PgPool) -> anyhow::Resu
                 .await
         }
     });
-    let server = axum::serve(
-        // Nagle's algorithm with delayed ACKs adds ~40 ms to every small answer.
-        listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        }),
-        // The client address counts failed log-ins per address.
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown({
+    // Requests are served by one single-threaded runtime per core, each accepting on the same
+    // listener (see `Shards`); the background work stays on this runtime.
+    let mut shards = Shards::start(listener, app, stop_rx.clone())?;
+    let signal = tokio::spawn({
         let gateway = gateway.clone();
         let grace_seconds = opts.shutdown_grace;
         async move {
@@ -296,13 +291,12 @@ async fn serve(planes: Planes, opts: &ServerOpts, pool: &PgPool) -> anyhow::Resu
             }
             stop_tx.send(true).ok();
         }
-    })
-    .into_future();
+    });
     // In-flight requests get the grace period from the signal on, no longer.
     let mut signalled = stop_rx.clone();
     let grace = std::time::Duration::from_secs(opts.shutdown_grace);
     tokio::select! {
-        served = server => served?,
+        served = shards.served() => served?,
         () = async {
             signalled.wait_for(|stop| *stop).await.ok();
             tokio::time::sleep(grace).await;
@@ -310,6 +304,7 @@ async fn serve(planes: Planes, opts: &ServerOpts, pool: &PgPool) -> anyhow::Resu
             tracing::warn!(grace_seconds = opts.shutdown_grace, "requests still in flight after the grace period: stopping anyway");
         }
     }
+    signal.abort();
     drop(stop_rx);
     if let Some(gateway) = gateway {
         let closed = gateway.close_upstreams().await;
@@ -326,7 +321,120 @@ async fn serve(planes: Planes, opts: &ServerOpts, pool: &PgPool) -> anyhow::Resu
         }
     }
     admin_task.await??;
+    // Last: tasks the requests started (upstream connections, stdio servers) live on the
+    // shards' runtimes, and were closed above.
+    drop(shards);
     Ok(())
+}
+
+/// The data plane's threads: one single-threaded tokio runtime per core (or
+/// `TOKIO_WORKER_THREADS`), each accepting connections from the same listening socket (a
+/// duplicate of its descriptor, so the port stays exclusive to this process) and serving them
+/// to the end on that thread.
+///
+/// Why not one multi-threaded runtime: at low load its idle workers are woken to steal every
+/// newly ready task, and a proxied call (client socket, upstream socket, answer) crossed threads
+/// several times: 6 context switches and ~135 µs of CPU per call on the benchmark, against 2 and
+/// ~100 µs here (docs/BENCHMARKS.md). A connection's work, and the upstream connections it
+/// opens, stay on one thread; an idle shard takes the next connection.
+struct Shards {
+    done: Vec<tokio::sync::oneshot::Receiver<std::io::Result<()>>>,
+    exit: Option<tokio::sync::watch::Sender<bool>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Shards {
+    fn start(
+        listener: TcpListener,
+        app: axum::Router,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> anyhow::Result<Shards> {
+        let count = std::env::var("TOKIO_WORKER_THREADS")
+            .ok()
+            .and_then(|n| n.trim().parse::<usize>().ok())
+            .filter(|n| *n > 0)
+            .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+            .unwrap_or(1);
+        let listener = listener.into_std()?;
+        let (exit, exit_rx) = tokio::sync::watch::channel(false);
+        let mut shards = Shards {
+            done: Vec::with_capacity(count),
+            exit: Some(exit),
+            threads: Vec::with_capacity(count),
+        };
+        for index in 0..count {
+            let listener = listener
+                .try_clone()
+                .context("cannot share the listening socket")?;
+            let app = app.clone();
+            let mut stop = stop.clone();
+            let mut exit = exit_rx.clone();
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let thread = std::thread::Builder::new()
+                .name(format!("portcullis-serve-{index}"))
+                .spawn(move || {
+                    let serve = async move {
+                        let served = async {
+                            let listener = TcpListener::from_std(listener)?;
+                            axum::serve(
+                                // Nagle's algorithm with delayed ACKs adds ~40 ms to every
+                                // small answer.
+                                listener.tap_io(|tcp| {
+                                    let _ = tcp.set_nodelay(true);
+                                }),
+                                // The client address counts failed log-ins per address.
+                                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+                            )
+                            .with_graceful_shutdown(async move {
+                                stop.wait_for(|stop| *stop).await.ok();
+                            })
+                            .await
+                        }
+                        .await;
+                        let _ = done_tx.send(served);
+                        // The runtime keeps running the requests' tasks until the process
+                        // has closed them.
+                        std::future::pending::<()>().await;
+                    };
+                    runtime.block_on(async move {
+                        // Exit also ends requests still in flight after the grace period.
+                        tokio::select! {
+                            () = serve => {}
+                            _ = exit.wait_for(|exit| *exit) => {}
+                        }
+                    });
+                })
+                .context("cannot start a serving thread")?;
+            shards.done.push(done_rx);
+            shards.threads.push(thread);
+        }
+        Ok(shards)
+    }
+
+    /// Waits until every shard has stopped serving (after the stop signal and its requests).
+    async fn served(&mut self) -> anyhow::Result<()> {
+        for done in &mut self.done {
+            match done.await {
+                Ok(served) => served.context("serving failed")?,
+                Err(_) => anyhow::bail!("a serving thread stopped unexpectedly"),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Shards {
+    fn drop(&mut self) {
+        if let Some(exit) = self.exit.take() {
+            exit.send(true).ok();
+        }
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// The secret key: PORTCULLIS_SECRET_KEY, or the key file (generated once if missing).

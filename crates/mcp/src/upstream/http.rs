@@ -38,10 +38,10 @@ const ERROR_BODY_KEPT: usize = 512;
 const MIN_SCRUBBED_LEN: usize = 4;
 
 /// A Streamable HTTP client for one upstream. Cheap to clone; all clones share the
-/// `reqwest::Client` (and so its connection pool) given to [`new`](Self::new).
+/// `reqwest::Client`s (and so the connection pools) given to [`new`](Self::new).
 #[derive(Clone)]
 pub struct StreamableHttpClient {
-    http: reqwest::Client,
+    http: super::HttpClients,
     inner: Arc<Inner>,
 }
 
@@ -82,7 +82,7 @@ impl StreamableHttpClient {
     /// [`client_builder`](super::client_builder) and share it). A configuration that cannot be
     /// used (an invalid or reserved header) makes every call fail with
     /// [`UpstreamError::Config`].
-    pub fn new(http: reqwest::Client, config: UpstreamConfig) -> Self {
+    pub fn new(http: impl Into<super::HttpClients>, config: UpstreamConfig) -> Self {
         let mut headers = HeaderMap::new();
         let mut secrets = Vec::new();
         let mut config_error = None;
@@ -110,7 +110,7 @@ impl StreamableHttpClient {
         // Longest first, so a value containing another is scrubbed whole.
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         StreamableHttpClient {
-            http,
+            http: http.into(),
             inner: Arc::new(Inner {
                 url: config.url,
                 headers,
@@ -462,6 +462,7 @@ impl StreamableHttpClient {
             .map_err(|e| UpstreamError::Protocol(format!("cannot serialize the message: {e}")))?;
         let request = self
             .http
+            .client()
             .post(endpoint)
             .headers(self.inner.headers.clone())
             .header(header::CONTENT_TYPE, "application/json")
@@ -496,6 +497,7 @@ impl StreamableHttpClient {
         }
         Ok(self
             .http
+            .client()
             .request(method, self.inner.url.clone())
             .headers(headers))
     }

@@ -6,6 +6,7 @@
 
 pub mod addresses;
 mod channel;
+mod clients;
 mod discover;
 mod http;
 mod stdio;
@@ -19,6 +20,7 @@ use crate::jsonrpc::{ErrorObject, code};
 use crate::sse::DEFAULT_MAX_EVENT_BYTES;
 
 pub use channel::{ChannelClient, CloseFn, SendFn};
+pub use clients::HttpClients;
 pub use discover::{Discovery, MAX_TOOL_PAGES, discover, list_all_tools, post_stateless};
 pub use http::{PostResponse, StreamableHttpClient};
 pub use stdio::{
