@@ -425,10 +425,36 @@ pub async fn post(
     body: Bytes,
 ) -> Response {
     use tracing::Instrument as _;
+    // One span per MCP request; its fields are filled in as they become known (the decision by
+    // the activity sink), and every log line inside carries them.
+    let span = tracing::info_span!(
+        "mcp",
+        org = tracing::field::Empty,
+        server = tracing::field::Empty,
+        agent = tracing::field::Empty,
+        method = tracing::field::Empty,
+        tool = tracing::field::Empty,
+        decision = tracing::field::Empty,
+    );
+    post_in_span(gw, server, headers, body)
+        .instrument(span)
+        .await
+}
+
+async fn post_in_span(
+    gw: Arc<Gateway>,
+    server: String,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let caller = match admit(&gw, &server, &headers).await {
         Ok(c) => c,
         Err(r) => return r,
     };
+    let span = tracing::Span::current();
+    span.record("org", tracing::field::display(caller.agent.org_id));
+    span.record("server", tracing::field::display(caller.server_id));
+    span.record("agent", tracing::field::display(caller.agent.id));
     if !accepts_both(&headers) {
         return rpc_error(
             StatusCode::NOT_ACCEPTABLE,
@@ -453,35 +479,14 @@ pub async fn post(
         }
         Err(e) => return rpc_error(StatusCode::BAD_REQUEST, None, e.to_error_object()),
     };
+
     let method = match &message {
         Message::Request(r) => r.method.as_str(),
         Message::Notification(n) => n.method.as_str(),
         _ => "response",
     };
     gw.metrics.request(method);
-    // One span per MCP request, opened once who calls what is known (fields given at creation
-    // cost one formatting; each later `record` re-formats them all); the tool and decision are
-    // filled in by the activity sink, and every log line inside carries them.
-    let span = tracing::info_span!(
-        "mcp",
-        org = %caller.agent.org_id,
-        server = %caller.server_id,
-        agent = %caller.agent.id,
-        method = ?method,
-        tool = tracing::field::Empty,
-        decision = tracing::field::Empty,
-    );
-    post_in_span(gw, caller, headers, message)
-        .instrument(span)
-        .await
-}
-
-async fn post_in_span(
-    gw: Arc<Gateway>,
-    caller: Caller,
-    headers: HeaderMap,
-    message: Message,
-) -> Response {
+    span.record("method", tracing::field::debug(method));
     if crate::stateless::is_stateless(&headers, &message) {
         return crate::stateless::post(&gw, caller, &headers, message).await;
     }
