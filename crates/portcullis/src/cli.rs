@@ -198,7 +198,7 @@ impl ServerOpts {
     /// listener the loopback names. Empty (any host) only when listening on every address with
     /// neither a public URL nor a list: then the operator is told to set one.
     pub fn allowed_hosts(&self, bound: SocketAddr) -> Vec<String> {
-        let mut hosts = self.allowed_hosts.clone();
+        let mut hosts = listed(&self.allowed_hosts);
         if let Some(url) = &self.public_url
             && let Some((_, rest)) = url.split_once("://")
         {
@@ -216,6 +216,11 @@ impl ServerOpts {
             hosts.push(bound.to_string());
         }
         hosts
+    }
+
+    /// The extra origins allowed to call the gateway from a browser (`--allowed-origins`).
+    pub fn allowed_origins(&self) -> Vec<String> {
+        listed(&self.allowed_origins)
     }
 
     /// The origin (scheme, host, port) of the public URL.
@@ -309,6 +314,18 @@ pub struct ClassifyArgs {
     pub json: bool,
 }
 
+/// A comma-separated list as given: entries trimmed, empty ones dropped. An empty variable
+/// (`PORTCULLIS_ALLOWED_HOSTS=`, as a compose file's `${VAR:-}` gives) is no list at all, not
+/// a list of one empty name that nothing matches.
+fn listed(values: &[String]) -> Vec<String> {
+    values
+        .iter()
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,5 +399,25 @@ mod host_tests {
         ])
         .allowed_hosts(any);
         assert_eq!(public, ["10.0.0.5:8080", "mcp.example.com"]);
+        // Empty entries (an empty variable, a stray comma) are no entries.
+        let empty = opts(&["--listen", "0.0.0.0:8080", "--allowed-hosts", ""]);
+        assert!(
+            empty.allowed_hosts(any).is_empty(),
+            "{:?}",
+            empty.allowed_hosts(any)
+        );
+        let spaced = opts(&[
+            "--listen",
+            "0.0.0.0:8080",
+            "--allowed-hosts",
+            " a.example.com , ,b.example.com",
+            "--allowed-origins",
+            ",https://app.example.com,",
+        ]);
+        assert_eq!(
+            spaced.allowed_hosts(any),
+            ["a.example.com", "b.example.com"]
+        );
+        assert_eq!(spaced.allowed_origins(), ["https://app.example.com"]);
     }
 }

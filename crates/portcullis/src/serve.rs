@@ -205,7 +205,7 @@ async fn serve(planes: Planes, opts: &ServerOpts, pool: &PgPool) -> anyhow::Resu
     // Health everywhere; metrics where a gateway runs.
     let mut admin_app = portcullis_gateway::health::router(pool.clone());
     if planes != Planes::Console {
-        let mut allowed_origins = opts.allowed_origins.clone();
+        let mut allowed_origins = opts.allowed_origins();
         allowed_origins.push(opts.public_origin());
         let allowed_hosts = opts.allowed_hosts(bound);
         if allowed_hosts.is_empty() {
