@@ -820,3 +820,87 @@ async fn the_builder_gives_an_agent_its_own_policy_runs_a_shadow_and_previews_im
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+/// Logging out ends the session token itself: a copy of the cookie (another tab's, a stolen
+/// one) stops working for the pages and the JSON API alike, and the API's own bearer tokens of
+/// the same person are not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logging_out_revokes_the_session_token_not_only_the_cookie() {
+    let app = TestApp::start().await;
+    let ada = app.signup("ada@acme.test", "Acme").await;
+    let plain = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let response = plain
+        .post(format!("{}/login", app.base_url))
+        .form(&[("email", ada.email.as_str()), ("password", &ada.password)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let set_cookie = response.headers()[SET_COOKIE].to_str().unwrap().to_owned();
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    assert!(cookie.starts_with("pcl_session="), "{cookie}");
+
+    let with_cookie = |path: &str| {
+        plain
+            .get(format!("{}{path}", app.base_url))
+            .header(reqwest::header::COOKIE, &cookie)
+            .send()
+    };
+    let (status, html) = {
+        let response = with_cookie("/app/acme").await.unwrap();
+        (response.status(), response.text().await.unwrap())
+    };
+    assert_eq!(status, StatusCode::OK);
+    let token = csrf(&html);
+    assert_eq!(
+        with_cookie("/api/v1/orgs/acme/agents")
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+
+    let response = plain
+        .post(format!("{}/logout", app.base_url))
+        .header(reqwest::header::COOKIE, &cookie)
+        .form(&[("_csrf", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+
+    // The same cookie, sent again: signed out everywhere.
+    let response = with_cookie("/app/acme").await.unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert!(
+        response.headers()[LOCATION]
+            .to_str()
+            .unwrap()
+            .starts_with("/login"),
+        "{:?}",
+        response.headers()[LOCATION]
+    );
+    let response = with_cookie("/api/v1/orgs/acme/agents").await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("logged out"),
+        "{body}"
+    );
+    // As a bearer token too: it is the same token.
+    let bearer = cookie.trim_start_matches("pcl_session=");
+    let (status, _) = app.get("/api/v1/orgs/acme/agents", bearer).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Ada's other token (from sign-up) still works, and she can sign in again.
+    let (status, _) = app.get("/api/v1/orgs/acme/agents", &ada.token).await;
+    assert_eq!(status, StatusCode::OK);
+    let again = logged_in(&app, &ada).await;
+    let (status, _) = page(&again, &format!("{}/app/acme", app.base_url)).await;
+    assert_eq!(status, StatusCode::OK);
+}

@@ -58,6 +58,10 @@ pub async fn verify_password(hash: String, password: String) -> bool {
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
+    /// Unique per token: two tokens of one person issued in the same second differ, so logging
+    /// one out leaves the other alone.
+    #[serde(default)]
+    jti: Option<Uuid>,
     sub: Uuid,
     iat: i64,
     exp: i64,
@@ -100,6 +104,7 @@ impl Tokens {
         let expires_at =
             now + chrono::Duration::from_std(TOKEN_LIFETIME).map_err(|_| ApiError::internal())?;
         let claims = Claims {
+            jti: Some(Uuid::new_v4()),
             sub: user_id,
             iat: now.timestamp(),
             exp: expires_at.timestamp(),
@@ -114,11 +119,18 @@ impl Tokens {
         Ok((token, expires_at))
     }
 
-    /// The user a valid, unexpired token names.
+    /// The user a validly signed, unexpired token names (whether it was revoked is
+    /// [`ConsoleState::signed_in`]'s question).
     pub fn verify(&self, token: &str) -> Option<Uuid> {
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .ok()
-            .map(|data| data.claims.sub)
+        self.verify_until(token).map(|(user, _)| user)
+    }
+
+    /// [`verify`](Self::verify), and when the token expires.
+    pub fn verify_until(&self, token: &str) -> Option<(Uuid, DateTime<Utc>)> {
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .ok()?
+            .claims;
+        Some((claims.sub, DateTime::from_timestamp(claims.exp, 0)?))
     }
 }
 
@@ -147,18 +159,19 @@ impl FromRequestParts<ConsoleState> for Caller {
                 .ok_or_else(|| {
                     ApiError::unauthorized("the Authorization header must be Bearer <token>")
                 })?;
-            let user_id = state.inner.tokens.verify(token).ok_or_else(|| {
-                ApiError::unauthorized("the token is invalid or has expired; sign in again")
+            let user_id = state.signed_in(token).await?.ok_or_else(|| {
+                ApiError::unauthorized(
+                    "the token is invalid, has expired or was logged out; sign in again",
+                )
             })?;
             return Ok(Caller { user_id });
         }
         // The browser's session cookie: a request that changes anything must also carry the
         // session's CSRF token in X-CSRF-Token (a cross-site page cannot read it).
         if let Some(token) = session_token(&parts.headers, state.secure_cookies()) {
-            let user_id =
-                state.inner.tokens.verify(&token).ok_or_else(|| {
-                    ApiError::unauthorized("the session has expired; sign in again")
-                })?;
+            let user_id = state.signed_in(&token).await?.ok_or_else(|| {
+                ApiError::unauthorized("the session has expired or was logged out; sign in again")
+            })?;
             if !parts.method.is_safe() {
                 let sent = parts
                     .headers
@@ -446,6 +459,8 @@ mod tests {
         let user = Uuid::new_v4();
         let (token, expires_at) = tokens.issue(user).unwrap();
         assert_eq!(tokens.verify(&token), Some(user));
+        // Two tokens of one person in the same second are still two tokens (log-out revokes one).
+        assert_ne!(tokens.issue(user).unwrap().0, token);
         assert!(expires_at > Utc::now() + chrono::Duration::minutes(59));
         // Another key.
         assert_eq!(
@@ -474,6 +489,7 @@ mod tests {
         );
         assert_eq!(tokens.verify(&unsigned), None);
         let expired = Claims {
+            jti: None,
             sub: Uuid::new_v4(),
             iat: now - 7200,
             exp: now - 3600,

@@ -26,6 +26,7 @@ use portcullis_store::PgPool;
 use portcullis_store::crypto::{Sealer, SecretKey};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
+use uuid::Uuid;
 
 pub use auth::LoginLimits;
 use error::ApiError;
@@ -118,6 +119,25 @@ impl ConsoleState {
 
     pub(crate) fn config(&self) -> &ConsoleConfig {
         &self.inner.config
+    }
+
+    /// The user a session token names, if it is validly signed, unexpired and not logged out.
+    pub(crate) async fn signed_in(&self, token: &str) -> Result<Option<Uuid>, ApiError> {
+        let Some((user_id, _)) = self.inner.tokens.verify_until(token) else {
+            return Ok(None);
+        };
+        if portcullis_store::sessions::is_revoked(&self.inner.db, token).await? {
+            return Ok(None);
+        }
+        Ok(Some(user_id))
+    }
+
+    /// Ends a session token before it expires (log-out); a token that is not valid is ignored.
+    pub(crate) async fn revoke(&self, token: &str) -> Result<(), ApiError> {
+        if let Some((_, expires_at)) = self.inner.tokens.verify_until(token) {
+            portcullis_store::sessions::revoke(&self.inner.db, token, expires_at).await?;
+        }
+        Ok(())
     }
 
     /// The CSRF token of a session: an HMAC of the session token, so it needs no storage and

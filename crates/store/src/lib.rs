@@ -15,6 +15,7 @@ pub mod embedded;
 pub mod orgs;
 pub mod policies;
 pub mod servers;
+pub mod sessions;
 pub mod testing;
 pub mod webhooks;
 

@@ -32,8 +32,10 @@ struct Landing {
 }
 
 async fn landing(State(state): State<ConsoleState>, headers: HeaderMap) -> Response {
-    let signed_in = session_token(&headers, state.secure_cookies())
-        .is_some_and(|t| state.inner.tokens.verify(&t).is_some());
+    let signed_in = match session_token(&headers, state.secure_cookies()) {
+        Some(token) => matches!(state.signed_in(&token).await, Ok(Some(_))),
+        None => false,
+    };
     if signed_in {
         return Redirect::to("/app").into_response();
     }
@@ -222,6 +224,10 @@ async fn logout(
         && !state.csrf_matches(&token, form.get("_csrf").unwrap_or_default())
     {
         return Err(PageError::Csrf);
+    }
+    // The token itself ends, not only the browser's copy: a copied cookie stops working too.
+    if let Some(token) = session_token(&headers, state.secure_cookies()) {
+        state.revoke(&token).await?;
     }
     let mut response = Redirect::to("/").into_response();
     if let Ok(cookie) = HeaderValue::from_str(&clear_session_cookie(state.secure_cookies())) {

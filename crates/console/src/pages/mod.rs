@@ -260,7 +260,7 @@ impl FromRequestParts<ConsoleState> for Session {
                 .unwrap_or_else(|| "/app".into()),
         };
         let token = session_token(&parts.headers, state.secure_cookies()).ok_or_else(sign_in)?;
-        let user_id = state.inner.tokens.verify(&token).ok_or_else(sign_in)?;
+        let user_id = state.signed_in(&token).await?.ok_or_else(sign_in)?;
         Ok(Session {
             user_id,
             csrf: state.csrf_token(&token),
