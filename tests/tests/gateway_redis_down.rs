@@ -203,3 +203,63 @@ async fn with_limits_fail_closed_a_call_with_limits_is_refused_while_redis_is_do
         .expect("the refusal is in the activity log");
     assert_eq!(denied.rule.as_deref(), Some("/tools/echo/rate_limit"));
 }
+
+/// A Redis that stops answering (paused: connections stay open, nothing comes back) costs the
+/// call that finds it so one timeout; the calls after it count in this process at once, and
+/// Redis is asked again about once a second, not on every call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_stops_answering_delays_one_call_not_every_call() {
+    let port = free_port();
+    let redis = PrivateRedis::start(port);
+    let upstream = TestUpstream::start().await;
+    let config = GatewayConfig {
+        redis_url: Some(redis.url()),
+        ..gateway::test_config()
+    };
+    let policy = json!({"version": "1", "default": "allow",
+        "tools": {"echo": {"rate_limit": {"max": 100, "window": "minute", "scope": "server"}}}});
+    let gw = gateway::start_with(&upstream.url, Some(policy), config).await;
+    let url = gw.mcp_url();
+    let session = initialize(&url, &gw.agent_key).await;
+    let echo = |id: u64| {
+        call_text(
+            &url,
+            &gw.agent_key,
+            &session,
+            id,
+            "echo",
+            json!({"text": "x"}),
+        )
+    };
+    assert_eq!(echo(1).await, "x");
+    assert_eq!(metric(&gw, "portcullis_limits_redis_up"), 1.0);
+
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(20_000)
+        .arg("ALL")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let calls = 6;
+    let started = std::time::Instant::now();
+    for id in 0..calls {
+        assert_eq!(echo(10 + id).await, "x");
+    }
+    let elapsed = started.elapsed();
+    // Waiting on every call would take calls × REDIS_TIMEOUT (3 s); the breaker waits once,
+    // plus at most one more probe per second.
+    let timeout = portcullis_gateway::limits::REDIS_TIMEOUT;
+    assert!(
+        elapsed < timeout * 5,
+        "{calls} calls took {elapsed:?} while Redis was paused"
+    );
+    assert_eq!(metric(&gw, "portcullis_limits_redis_up"), 0.0);
+    assert_eq!(
+        metric(&gw, "portcullis_limits_fallback_decisions_total"),
+        calls as f64
+    );
+}

@@ -215,7 +215,10 @@ impl MemoryCounters {
 /// The gateway's counters: in Redis when configured (shared by every gateway), else in this
 /// process. When Redis cannot be reached (an error, or no answer within [`REDIS_TIMEOUT`]),
 /// decisions fall back to this process's counters: limits then hold per process until Redis
-/// returns, a call is never refused or delayed for want of Redis. The log says so once when
+/// returns, a call is never refused for want of Redis. Only the call that finds Redis gone
+/// waits for it: while it is down, one call per [`REDIS_PROBE_INTERVAL`] asks it again and the
+/// others count here at once (a Redis that hangs would otherwise add [`REDIS_TIMEOUT`] to every
+/// call with limits). The log says so once when
 /// Redis goes and once when it returns, and the metrics `portcullis_limits_redis_up` and
 /// `portcullis_limits_fallback_decisions` say so all along. With `fail_closed`
 /// (`--limits-fail-closed`), a call with limits is refused instead while Redis is unreachable.
@@ -226,10 +229,14 @@ pub struct Counters {
     pub fail_closed: bool,
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     redis_down: std::sync::atomic::AtomicBool,
+    /// While Redis is down: when (ms, on the decisions' clock) the next call may ask it again.
+    next_probe_ms: std::sync::atomic::AtomicU64,
 }
 
 /// How long a decision waits for Redis before counting in this process.
 pub const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
+/// While Redis is down, how often one call asks it again.
+pub const REDIS_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Counters {
     pub fn new(
@@ -244,13 +251,43 @@ impl Counters {
             fail_closed,
             metrics,
             redis_down: std::sync::atomic::AtomicBool::new(false),
+            next_probe_ms: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Whether this call should ask Redis: always while it is up; while it is down, one call
+    /// per probe interval (the one that claims the next probe).
+    fn asks_redis(&self, now: Duration) -> bool {
+        use std::sync::atomic::Ordering;
+        if !self.redis_down.load(Ordering::Relaxed) {
+            return true;
+        }
+        let now_ms = u64::try_from(now.as_millis()).unwrap_or(u64::MAX);
+        let next = self.next_probe_ms.load(Ordering::Relaxed);
+        now_ms >= next
+            && self
+                .next_probe_ms
+                .compare_exchange(
+                    next,
+                    now_ms.saturating_add(REDIS_PROBE_INTERVAL.as_millis() as u64),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
     }
 
     pub async fn reserve(&self, limits: &[LimitKey], now: Duration, clock: Instant) -> Outcome {
         use std::sync::atomic::Ordering;
         if limits.is_empty() {
             return Outcome::Reserved(Reservation::default());
+        }
+        if self.redis.is_some() && !self.asks_redis(now) {
+            // Down, and another call is asking it: count here without waiting.
+            self.metrics.limits_fallback();
+            if self.fail_closed {
+                return Outcome::Unavailable;
+            }
+            return self.memory.reserve_at(limits, now, clock);
         }
         if let Some(redis) = &self.redis {
             let error = match tokio::time::timeout(REDIS_TIMEOUT, redis.reserve(limits)).await {
@@ -266,6 +303,11 @@ impl Counters {
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => format!("no answer within {} ms", REDIS_TIMEOUT.as_millis()),
             };
+            let now_ms = u64::try_from(now.as_millis()).unwrap_or(u64::MAX);
+            self.next_probe_ms.store(
+                now_ms.saturating_add(REDIS_PROBE_INTERVAL.as_millis() as u64),
+                Ordering::Relaxed,
+            );
             if !self.redis_down.swap(true, Ordering::Relaxed) {
                 self.metrics.set_redis_up(false);
                 if self.fail_closed {
