@@ -61,16 +61,15 @@ async fn login_answers_an_unknown_email_like_a_wrong_password() {
     assert_eq!(wrong[0].0, unknown[0].0);
     assert_error(&wrong[0].0, "unauthorized");
     // The same work: an unknown email also verifies a real Argon2id hash. Without that, its
-    // answer would come in well under a tenth of the time.
-    let median = |runs: &Vec<(Value, Duration)>| {
-        let mut times: Vec<Duration> = runs.iter().map(|r| r.1).collect();
-        times.sort();
-        times[times.len() / 2]
-    };
-    let (w, u) = (median(&wrong), median(&unknown));
+    // answer would come in well under a tenth of the time. The fastest of the five attempts
+    // compares the work itself (the other tests of this file hash passwords at the same time,
+    // which slows some attempts by whole hashes: the median once differed 2.5×), and a factor
+    // of 3 still tells "the same work" from "none".
+    let fastest = |runs: &Vec<(Value, Duration)>| runs.iter().map(|r| r.1).min().unwrap();
+    let (w, u) = (fastest(&wrong), fastest(&unknown));
     assert!(
-        u * 2 > w && w * 2 > u,
-        "unknown email {u:?} vs wrong password {w:?}"
+        u * 3 > w && w * 3 > u,
+        "unknown email {u:?} vs wrong password {w:?} (fastest of 5 each)"
     );
     // And the right password works, case-insensitively on the email.
     let (status, body) = app
