@@ -263,3 +263,30 @@ async fn a_redis_that_stops_answering_delays_one_call_not_every_call() {
         calls as f64
     );
 }
+
+/// A Redis address where something accepts connections but never answers: the gateway does not
+/// hang at start; it stops within `REDIS_CONNECT_TIMEOUT` with an error that says so (it needs
+/// Redis reachable to start).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_never_answers_stops_the_start_with_a_clear_error() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let config = GatewayConfig {
+        redis_url: Some(format!("redis://{}", silent.local_addr().unwrap())),
+        ..gateway::test_config()
+    };
+    let db = portcullis_store::testing::fresh_database().await.unwrap();
+    let key = portcullis_store::crypto::SecretKey::generate().unwrap();
+    let started = tokio::time::timeout(
+        Duration::from_secs(60),
+        portcullis_gateway::Gateway::start(db.pool.clone(), &key, config),
+    )
+    .await
+    .expect("the start ends");
+    let error = started
+        .expect_err("no gateway without its Redis")
+        .to_string();
+    assert!(
+        error.contains("Redis") && error.contains("no answer within 5 s"),
+        "{error}"
+    );
+}

@@ -166,10 +166,21 @@ impl Gateway {
         let (activity, _writer) =
             activity::ActivitySink::spawn(db.clone(), metrics.clone(), config.spill_dir.clone());
         let redis = match &config.redis_url {
+            // Bounded: a Redis that accepts connections and never answers would otherwise hold
+            // the start for the client's own timeouts (16 s measured).
             Some(url) => Some(
-                redis_limits::RedisCounters::connect(url)
-                    .await
-                    .map_err(|e| StartError::Redis(e.to_string()))?,
+                tokio::time::timeout(
+                    REDIS_CONNECT_TIMEOUT,
+                    redis_limits::RedisCounters::connect(url),
+                )
+                .await
+                .map_err(|_| {
+                    StartError::Redis(format!(
+                        "no answer within {} s",
+                        REDIS_CONNECT_TIMEOUT.as_secs()
+                    ))
+                })?
+                .map_err(|e| StartError::Redis(e.to_string()))?,
             ),
             None => None,
         };
@@ -287,6 +298,9 @@ impl Gateway {
 
 /// A connection listening on `channel`, retried every second until it works; `None` once the
 /// pool is closed (the process is shutting down). Shared by the policy and agent listeners.
+/// How long a starting gateway waits for Redis to answer.
+pub const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub(crate) async fn listen(db: &PgPool, channel: &str) -> Option<sqlx::postgres::PgListener> {
     loop {
         if db.is_closed() {
