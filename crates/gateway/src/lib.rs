@@ -296,11 +296,11 @@ impl Gateway {
     }
 }
 
-/// A connection listening on `channel`, retried every second until it works; `None` once the
-/// pool is closed (the process is shutting down). Shared by the policy and agent listeners.
 /// How long a starting gateway waits for Redis to answer.
 pub const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A connection listening on `channel`, retried every second until it works; `None` once the
+/// pool is closed (the process is shutting down). Shared by the policy and agent listeners.
 pub(crate) async fn listen(db: &PgPool, channel: &str) -> Option<sqlx::postgres::PgListener> {
     loop {
         if db.is_closed() {

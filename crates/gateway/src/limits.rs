@@ -303,8 +303,9 @@ impl Counters {
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => format!("no answer within {} ms", REDIS_TIMEOUT.as_millis()),
             };
+            // Never earlier than a probe another call already claimed.
             let now_ms = u64::try_from(now.as_millis()).unwrap_or(u64::MAX);
-            self.next_probe_ms.store(
+            self.next_probe_ms.fetch_max(
                 now_ms.saturating_add(REDIS_PROBE_INTERVAL.as_millis() as u64),
                 Ordering::Relaxed,
             );

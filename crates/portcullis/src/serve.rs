@@ -406,6 +406,9 @@ impl Shards {
                             _ = exit.wait_for(|exit| *exit) => {}
                         }
                     });
+                    // Blocking work still running (a DNS lookup, a password hash) is not
+                    // waited for long.
+                    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
                 })
                 .context("cannot start a serving thread")?;
             shards.done.push(done_rx);
@@ -414,15 +417,16 @@ impl Shards {
         Ok(shards)
     }
 
-    /// Waits until every shard has stopped serving (after the stop signal and its requests).
+    /// Waits until every shard has stopped serving (after the stop signal and its requests);
+    /// a shard that fails ends the wait at once, whichever it is.
     async fn served(&mut self) -> anyhow::Result<()> {
-        for done in &mut self.done {
+        let shards = self.done.iter_mut().map(|done| async move {
             match done.await {
-                Ok(served) => served.context("serving failed")?,
-                Err(_) => anyhow::bail!("a serving thread stopped unexpectedly"),
+                Ok(served) => served.context("serving failed"),
+                Err(_) => Err(anyhow::anyhow!("a serving thread stopped unexpectedly")),
             }
-        }
-        Ok(())
+        });
+        futures_util::future::try_join_all(shards).await.map(drop)
     }
 }
 
