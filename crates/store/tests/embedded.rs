@@ -122,13 +122,20 @@ fn kill_postmaster(cluster: &EmbeddedPostgres) {
         .split_whitespace()
         .map(str::to_owned)
         .collect();
-    pids.push(pid);
+    // The postmaster first, and it must die; a child may have ended on its own meanwhile.
     let status = std::process::Command::new("kill")
-        .arg("-KILL")
-        .args(&pids)
+        .args(["-KILL", &pid])
         .status()
         .unwrap();
-    assert!(status.success());
+    assert!(status.success(), "SIGKILL to the postmaster {pid}");
+    if !pids.is_empty() {
+        let _ = std::process::Command::new("kill")
+            .arg("-KILL")
+            .args(&pids)
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+    pids.push(pid);
     // Killed processes disappear once reaped (a zombie still counts as running for pg_ctl):
     // poll, bounded.
     for _ in 0..1000 {
