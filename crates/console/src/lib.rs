@@ -123,7 +123,7 @@ impl ConsoleState {
 
     /// The user a session token names, if it is validly signed, unexpired and not logged out.
     pub(crate) async fn signed_in(&self, token: &str) -> Result<Option<Uuid>, ApiError> {
-        let Some((user_id, _)) = self.inner.tokens.verify_until(token) else {
+        let Some((user_id, _)) = self.inner.tokens.verify(token) else {
             return Ok(None);
         };
         if portcullis_store::sessions::is_revoked(&self.inner.db, token).await? {
@@ -134,7 +134,7 @@ impl ConsoleState {
 
     /// Ends a session token before it expires (log-out); a token that is not valid is ignored.
     pub(crate) async fn revoke(&self, token: &str) -> Result<(), ApiError> {
-        if let Some((_, expires_at)) = self.inner.tokens.verify_until(token) {
+        if let Some((_, expires_at)) = self.inner.tokens.verify(token) {
             portcullis_store::sessions::revoke(&self.inner.db, token, expires_at).await?;
         }
         Ok(())

@@ -238,6 +238,15 @@ pub const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 /// While Redis is down, how often one call asks it again.
 pub const REDIS_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
+fn millis(at: Duration) -> u64 {
+    u64::try_from(at.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// When (ms, on the decisions' clock) Redis may next be asked, seen from `now`.
+fn next_probe(now: Duration) -> u64 {
+    millis(now).saturating_add(millis(REDIS_PROBE_INTERVAL))
+}
+
 impl Counters {
     pub fn new(
         redis: Option<crate::redis_limits::RedisCounters>,
@@ -262,17 +271,11 @@ impl Counters {
         if !self.redis_down.load(Ordering::Relaxed) {
             return true;
         }
-        let now_ms = u64::try_from(now.as_millis()).unwrap_or(u64::MAX);
         let next = self.next_probe_ms.load(Ordering::Relaxed);
-        now_ms >= next
+        millis(now) >= next
             && self
                 .next_probe_ms
-                .compare_exchange(
-                    next,
-                    now_ms.saturating_add(REDIS_PROBE_INTERVAL.as_millis() as u64),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
+                .compare_exchange(next, next_probe(now), Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
     }
 
@@ -304,11 +307,8 @@ impl Counters {
                 Err(_) => format!("no answer within {} ms", REDIS_TIMEOUT.as_millis()),
             };
             // Never earlier than a probe another call already claimed.
-            let now_ms = u64::try_from(now.as_millis()).unwrap_or(u64::MAX);
-            self.next_probe_ms.fetch_max(
-                now_ms.saturating_add(REDIS_PROBE_INTERVAL.as_millis() as u64),
-                Ordering::Relaxed,
-            );
+            self.next_probe_ms
+                .fetch_max(next_probe(now), Ordering::Relaxed);
             if !self.redis_down.swap(true, Ordering::Relaxed) {
                 self.metrics.set_redis_up(false);
                 if self.fail_closed {

@@ -916,6 +916,18 @@ impl Ctx {
         Ok((tools, streamed))
     }
 
+    /// The `x-mcp-header` annotated arguments of `tool` on this server, as last listed (`None`
+    /// when the tool has none, or the server was not listed yet).
+    pub(crate) fn param_headers_of(&self, tool: &str) -> Option<Vec<(Vec<String>, String)>> {
+        self.gw
+            .mcp
+            .param_headers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&self.caller.server_id)
+            .and_then(|all| all.get(tool).cloned())
+    }
+
     pub(crate) async fn catalog(&self) -> Option<Arc<Catalog>> {
         let cached = self
             .gw

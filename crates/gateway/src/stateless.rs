@@ -499,15 +499,7 @@ pub(crate) async fn post(
             if let Some(tool) = params.get("name").and_then(Value::as_str) {
                 // The Mcp-Param-* headers, against the schema the upstream lists now.
                 let _ = ctx.catalog().await;
-                let annotated = ctx
-                    .gw
-                    .mcp
-                    .param_headers
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(&ctx.caller.server_id)
-                    .and_then(|all| all.get(tool).cloned());
-                if let Some(annotated) = annotated {
+                if let Some(annotated) = ctx.param_headers_of(tool) {
                     let empty = json!({});
                     let arguments = params.get("arguments").unwrap_or(&empty);
                     if let Err(reason) = check_param_headers(headers, &annotated, arguments) {

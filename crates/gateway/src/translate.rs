@@ -172,14 +172,10 @@ impl Ctx {
                         .or_insert(Value::from(level));
                 }
                 let annotated = if method == "tools/call" {
-                    let tool = message.pointer("/params/name").and_then(Value::as_str);
-                    self.gw
-                        .mcp
-                        .param_headers
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get(&self.caller.server_id)
-                        .and_then(|all| tool.and_then(|t| all.get(t)).cloned())
+                    message
+                        .pointer("/params/name")
+                        .and_then(Value::as_str)
+                        .and_then(|tool| self.param_headers_of(tool))
                         .unwrap_or_default()
                 } else {
                     Vec::new()
