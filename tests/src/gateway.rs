@@ -363,6 +363,16 @@ pub async fn call_result(
     message_of(resp, id).await["result"].clone()
 }
 
+/// The names in a list of tools (a `tools/list` result's `tools`, a server's `tools`).
+pub fn names_in(tools: &Value) -> Vec<&str> {
+    tools
+        .as_array()
+        .unwrap_or_else(|| panic!("a list of tools, not {tools}"))
+        .iter()
+        .map(|t| t["name"].as_str().expect("a tool name"))
+        .collect()
+}
+
 /// The JSON-RPC answer to request `id` in a 200 response, whether JSON or SSE.
 pub async fn message_of(resp: reqwest::Response, id: u64) -> Value {
     assert_eq!(resp.status(), 200);

@@ -79,12 +79,7 @@ async fn journey_from_sign_up_to_a_policy_enforced_on_the_gateway_url() {
         server["gateway_url"],
         format!("{}/mcp/{server_id}", app.base_url)
     );
-    let names: Vec<&str> = server["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["name"].as_str().unwrap())
-        .collect();
+    let names = portcullis_tests::gateway::names_in(&server["tools"]);
     assert_eq!(names, TOOL_NAMES);
     assert_eq!(tool(&server, "list_images")["category"], "read");
     assert_eq!(tool(&server, "delete_image_set")["category"], "destructive");

@@ -75,6 +75,19 @@ fn metric(gw: &gateway::TestGateway, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {name} in\n{text}"))
 }
 
+/// Calls `echo` (a tool with a limit in these tests' policies) in `session`; answers its text.
+async fn echo(gw: &gateway::TestGateway, session: &str, id: u64) -> String {
+    call_text(
+        &gw.mcp_url(),
+        &gw.agent_key,
+        session,
+        id,
+        "echo",
+        json!({"text": "x"}),
+    )
+    .await
+}
+
 const POLICY: &str = r#"{"version": "1", "default": "allow",
     "tools": {"echo": {"rate_limit": {"max": 3, "window": "minute", "scope": "server"}}}}"#;
 
@@ -95,16 +108,7 @@ async fn without_redis_limits_are_counted_per_process_and_shared_again_when_it_r
     .await;
     let url = gw.mcp_url();
     let session = initialize(&url, &gw.agent_key).await;
-    let echo = |id: u64| {
-        call_text(
-            &url,
-            &gw.agent_key,
-            &session,
-            id,
-            "echo",
-            json!({"text": "x"}),
-        )
-    };
+    let echo = |id: u64| echo(&gw, &session, id);
     assert_eq!(echo(1).await, "x");
     assert_eq!(metric(&gw, "portcullis_limits_redis_up"), 1.0);
     assert_eq!(
@@ -221,16 +225,7 @@ async fn a_redis_that_stops_answering_delays_one_call_not_every_call() {
     let gw = gateway::start_with(&upstream.url, Some(policy), config).await;
     let url = gw.mcp_url();
     let session = initialize(&url, &gw.agent_key).await;
-    let echo = |id: u64| {
-        call_text(
-            &url,
-            &gw.agent_key,
-            &session,
-            id,
-            "echo",
-            json!({"text": "x"}),
-        )
-    };
+    let echo = |id: u64| echo(&gw, &session, id);
     assert_eq!(echo(1).await, "x");
     assert_eq!(metric(&gw, "portcullis_limits_redis_up"), 1.0);
 

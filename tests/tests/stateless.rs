@@ -433,12 +433,7 @@ async fn discover_and_lists_carry_the_fields_of_the_revision() {
     assert_eq!(result["resultType"], "complete");
     assert_eq!(result["cacheScope"], "private");
     assert!(result["ttlMs"].is_u64());
-    let names: Vec<&str> = result["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["name"].as_str().unwrap())
-        .collect();
+    let names = portcullis_tests::gateway::names_in(&result["tools"]);
     assert!(!names.contains(&"delete_image_set"), "{names:?}");
     // A forged requestState is refused, and so is another agent's.
     let mut forged = call("sample", json!({}), Some(Stateless::envelope(v)));

@@ -70,11 +70,9 @@ async fn tool_names(url: &str, key: &str, session: &str, id: u64) -> Vec<String>
     )
     .await;
     let answer = portcullis_tests::gateway::message_of(resp, id).await;
-    answer["result"]["tools"]
-        .as_array()
-        .unwrap_or_else(|| panic!("tools in {answer}"))
-        .iter()
-        .map(|t| t["name"].as_str().unwrap().to_owned())
+    portcullis_tests::gateway::names_in(&answer["result"]["tools"])
+        .into_iter()
+        .map(str::to_owned)
         .collect()
 }
 
@@ -421,12 +419,7 @@ async fn stateless_phase(
     let listed = stateless_result(url, &key, 3, "tools/list", json!({})).await;
     assert_eq!(listed["resultType"], "complete");
     assert_eq!(listed["cacheScope"], "private");
-    let names: Vec<&str> = listed["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["name"].as_str().unwrap())
-        .collect();
+    let names = portcullis_tests::gateway::names_in(&listed["tools"]);
     assert!(
         names.contains(&"echo") && !names.contains(&HIDDEN),
         "{names:?}"
@@ -497,11 +490,6 @@ async fn stateless_phase(
         subscription_id
     );
     let listed = stateless_result(url, &key, 11, "tools/list", json!({})).await;
-    let names: Vec<&str> = listed["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["name"].as_str().unwrap())
-        .collect();
+    let names = portcullis_tests::gateway::names_in(&listed["tools"]);
     assert!(!names.contains(&"echo"), "{names:?}");
 }

@@ -14,13 +14,7 @@ async fn creates_starts_reuses_and_stops_a_private_cluster() {
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let dir = tmp.path().join("data").join("postgres");
 
-    let cluster = {
-        let dir = dir.clone();
-        tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&dir))
-            .await
-            .unwrap()
-            .unwrap()
-    };
+    let cluster = start(&dir, false).await.unwrap();
     cluster.ensure_database("portcullis").await.unwrap();
     cluster.ensure_database("portcullis").await.unwrap(); // idempotent
 
@@ -50,13 +44,7 @@ async fn creates_starts_reuses_and_stops_a_private_cluster() {
     }
 
     // A second start attaches to the running cluster and does not stop it when dropped.
-    let again = {
-        let dir = dir.clone();
-        tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&dir))
-            .await
-            .unwrap()
-            .unwrap()
-    };
+    let again = start(&dir, false).await.unwrap();
     drop(again);
     let conn = cluster
         .connect_options("portcullis")
@@ -66,10 +54,7 @@ async fn creates_starts_reuses_and_stops_a_private_cluster() {
     conn.close().await.unwrap();
 
     let options = cluster.connect_options("portcullis");
-    tokio::task::spawn_blocking(move || cluster.stop())
-        .await
-        .unwrap()
-        .unwrap();
+    stop(cluster).await;
     assert!(options.connect().await.is_err(), "the cluster is stopped");
 }
 
