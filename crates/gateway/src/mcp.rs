@@ -216,6 +216,28 @@ pub(crate) fn sse_response(
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
+/// How long a relayed answer's headers wait for its first chunk. No shorter than
+/// [`TIMER_TICK`](crate::TIMER_TICK), so that this per-call timer never wakes the driver.
+const FIRST_CHUNK_WAIT: Duration = crate::TIMER_TICK;
+
+/// [`sse_response`] for a relayed upstream stream, once its first chunk has come or
+/// [`FIRST_CHUNK_WAIT`] has passed. A quick upstream's answer is usually on its way when the
+/// upstream's headers arrive: waiting for it sends the headers, the answer and the end of the
+/// stream in one write, where answering at once costs a second write (and a second wake-up of
+/// the client). The client gains nothing from the headers alone: the relay sends the
+/// upstream's priming event with the first event that carries a message. A slow call still
+/// gets its headers within the wait.
+pub(crate) async fn relayed_response(
+    stream: impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+) -> Response {
+    let mut stream = Box::pin(stream);
+    match tokio::time::timeout(FIRST_CHUNK_WAIT, stream.next()).await {
+        Ok(Some(first)) => sse_response(futures_util::stream::iter([first]).chain(stream)),
+        Ok(None) => sse_response(futures_util::stream::empty()),
+        Err(_) => sse_response(stream),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Checks common to every method
 
@@ -548,7 +570,7 @@ async fn post_in_span(
             "tools/list" => ctx.tools_list(req).await,
             "tools/call" => ctx.tools_call(req).await,
             method if FORWARDED_REQUESTS.contains(&method) => {
-                let raw = Message::Request(req.clone()).to_value();
+                let raw = req.to_value();
                 ctx.forward(&req.id, &raw, None).await
             }
             // Anything else could be a way around the policy on a lenient upstream.
@@ -616,7 +638,7 @@ async fn initialize(gw: &Arc<Gateway>, caller: &Caller, req: &Request) -> Respon
             Some(&token),
         );
     }
-    let raw = Message::Request(req.clone()).to_value();
+    let raw = req.to_value();
     let (response, upstream_session) = match client.post(&raw, None, None).await {
         Ok(PostResponse::Json {
             message,
@@ -846,7 +868,7 @@ impl Ctx {
             // Relayed in the framing the upstream chose (SSE priming, retry and event ids
             // included): the differential conformance test holds the gateway to it.
             Ok(PostResponse::Stream { events, .. }) => {
-                sse_response(relay(self.gw.clone(), id.clone(), events, reservation))
+                relayed_response(relay(self.gw.clone(), id.clone(), events, reservation)).await
             }
             Ok(PostResponse::Accepted) => self.unanswered(id, reservation, None),
             Err(e) => self.unanswered(id, reservation, Some(e)),
@@ -1022,7 +1044,7 @@ impl Ctx {
 
     pub(crate) async fn tools_call(&self, req: Request) -> Response {
         let started = Instant::now();
-        let params = req.params.clone().unwrap_or(Value::Null);
+        let params = req.params.as_ref().unwrap_or(&Value::Null);
         let Some(tool) = params
             .get("name")
             .and_then(Value::as_str)
@@ -1162,8 +1184,9 @@ impl Ctx {
                 // A round of a call already approved (bound to the same arguments) is not
                 // held again.
                 if let Some(approval) = approval.as_ref().filter(|_| self.round.is_none()) {
+                    let arguments = arguments.clone();
                     return self
-                        .hold(req, arguments.clone(), approval.clone(), reservation, event)
+                        .hold(req, arguments, approval.clone(), reservation, event)
                         .await;
                 }
                 event.decision = "allow".into();
@@ -1171,7 +1194,7 @@ impl Ctx {
                     // The tool's `x-mcp-header` annotations, for the mirror headers.
                     let _ = self.catalog().await;
                 }
-                let raw = Message::Request(req.clone()).to_value();
+                let raw = req.to_value();
                 let response = self.forward(&req.id, &raw, Some(reservation)).await;
                 event.latency_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
                 event.upstream_status = Some(i32::from(response.status().as_u16()));
@@ -1409,7 +1432,7 @@ impl Ctx {
                 let record = approvals::get(&self.gw.db, org, id).await.ok();
                 event.decision = "approval_granted".into();
                 event.reason = record.as_ref().map(decided_by);
-                let raw = Message::Request(req.clone()).to_value();
+                let raw = req.to_value();
                 let answer = self
                     .post_upstream(&raw, self.client_version.as_deref())
                     .await;

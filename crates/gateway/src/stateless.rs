@@ -1032,7 +1032,7 @@ fn modern_stream(
 pub(crate) async fn resume(ctx: &Ctx, req: &Request, round: &Round) -> Response {
     if round.upstream_state.is_some() {
         // The stateless upstream keeps the round itself: the retry goes to it as it is.
-        let raw = Message::Request(req.clone()).to_value();
+        let raw = req.to_value();
         return ctx.forward(&req.id, &raw, None).await;
     }
     let Some(input) = round.input.clone() else {

@@ -349,9 +349,15 @@ impl Ctx {
                 }
                 json_message(&message, None)
             }
-            PostResponse::Stream { events, .. } if stateless_client => sse_response(
-                crate::mcp::relay(self.gw.clone(), id.clone(), events, reservation),
-            ),
+            PostResponse::Stream { events, .. } if stateless_client => {
+                crate::mcp::relayed_response(crate::mcp::relay(
+                    self.gw.clone(),
+                    id.clone(),
+                    events,
+                    reservation,
+                ))
+                .await
+            }
             first => self.drive_rounds(id.clone(), raw.clone(), first, reservation),
         }
     }

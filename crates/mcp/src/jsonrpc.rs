@@ -174,16 +174,13 @@ impl Message {
 
     /// The message as JSON.
     pub fn to_value(&self) -> Value {
+        if let Message::Request(r) = self {
+            return r.to_value();
+        }
         let mut obj = Map::new();
         obj.insert("jsonrpc".into(), Value::from("2.0"));
         match self {
-            Message::Request(r) => {
-                obj.insert("id".into(), id_value(&r.id));
-                obj.insert("method".into(), Value::from(r.method.clone()));
-                if let Some(p) = &r.params {
-                    obj.insert("params".into(), p.clone());
-                }
-            }
+            Message::Request(_) => {}
             Message::Notification(n) => {
                 obj.insert("method".into(), Value::from(n.method.clone()));
                 if let Some(p) = &n.params {
@@ -225,6 +222,21 @@ fn id_value(id: &RequestId) -> Value {
     match id {
         RequestId::Number(n) => Value::from(*n),
         RequestId::String(s) => Value::from(s.clone()),
+    }
+}
+
+impl Request {
+    /// The request as JSON (what [`Message::to_value`] gives for it, without copying the
+    /// request first).
+    pub fn to_value(&self) -> Value {
+        let mut obj = Map::new();
+        obj.insert("jsonrpc".into(), Value::from("2.0"));
+        obj.insert("id".into(), id_value(&self.id));
+        obj.insert("method".into(), Value::from(self.method.clone()));
+        if let Some(p) = &self.params {
+            obj.insert("params".into(), p.clone());
+        }
+        Value::Object(obj)
     }
 }
 

@@ -4,6 +4,7 @@ mod classify_cmd;
 mod cli;
 mod config;
 mod doctor;
+mod log_fields;
 mod policy_cmd;
 mod serve;
 
@@ -107,7 +108,9 @@ fn init_tracing(format: cli::LogFormat) -> Option<opentelemetry_sdk::trace::SdkT
         .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("portcullis")));
     let subscriber = tracing_subscriber::registry().with(otel).with(filter);
     match format {
-        cli::LogFormat::Json => subscriber.with(fmt.json()).init(),
+        cli::LogFormat::Json => subscriber
+            .with(fmt.json().fmt_fields(log_fields::AppendJsonFields))
+            .init(),
         cli::LogFormat::Text => subscriber.with(fmt).init(),
     }
     provider

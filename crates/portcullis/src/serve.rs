@@ -404,6 +404,7 @@ impl Shards {
                         tokio::select! {
                             () = serve => {}
                             _ = exit.wait_for(|exit| *exit) => {}
+                            () = portcullis_gateway::keep_a_timer_armed() => {}
                         }
                     });
                     // Blocking work still running (a DNS lookup, a password hash) is not
