@@ -78,7 +78,7 @@ struct Inner {
     /// Seals upstream credential headers (with the server id as associated data).
     credentials: Sealer,
     /// The HTTP client for discovery, refusing private addresses unless allowed.
-    http: reqwest::Client,
+    http: portcullis_mcp::upstream::HttpClient,
     throttle: auth::LoginThrottle,
     /// Derives each session's CSRF token.
     csrf_key: [u8; 32],
@@ -89,16 +89,11 @@ struct Inner {
 
 impl ConsoleState {
     /// Fails only when the TLS stack of the discovery client cannot start.
-    pub fn new(
-        db: PgPool,
-        key: &SecretKey,
-        mut config: ConsoleConfig,
-    ) -> Result<Self, reqwest::Error> {
+    pub fn new(db: PgPool, key: &SecretKey, mut config: ConsoleConfig) -> Result<Self, String> {
         while config.public_gateway_url.ends_with('/') {
             config.public_gateway_url.pop();
         }
-        let http = portcullis_mcp::upstream::guarded_client_builder(config.allow_private_upstreams)
-            .build()?;
+        let http = portcullis_mcp::upstream::HttpClient::guarded(config.allow_private_upstreams)?;
         Ok(ConsoleState {
             inner: Arc::new(Inner {
                 db,

@@ -148,14 +148,10 @@ impl Gateway {
         let n = policies.load_all(&db).await?;
         tracing::info!(policies = n, "published policies loaded");
         let allow_private = config.allow_private_upstreams;
-        let build = move || {
-            portcullis_mcp::upstream::guarded_client_builder(allow_private)
-                .pool_idle_timeout(Duration::from_secs(90))
-                .build()
-        };
+        let build = move || portcullis_mcp::upstream::HttpClient::guarded(allow_private);
         // Built once here so a client that cannot be built stops the start; then one per
         // thread (the data plane runs a runtime per core: see `HttpClients`).
-        let first = build().map_err(|e| StartError::Http(e.to_string()))?;
+        let first = build().map_err(StartError::Http)?;
         let http = portcullis_mcp::upstream::HttpClients::per_thread(move || {
             build().unwrap_or_else(|_| first.clone())
         });

@@ -285,7 +285,7 @@ impl Server {
 }
 
 fn client_for(config: UpstreamConfig) -> StreamableHttpClient {
-    StreamableHttpClient::new(upstream::client_builder().build().unwrap(), config)
+    StreamableHttpClient::new(upstream::HttpClient::new().unwrap(), config)
 }
 
 fn init_params(version: &str) -> Value {

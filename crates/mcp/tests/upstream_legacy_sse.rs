@@ -98,7 +98,7 @@ async fn serve(endpoint: &str) -> (String, Legacy) {
 
 fn client(url: &str) -> StreamableHttpClient {
     StreamableHttpClient::new(
-        upstream::client_builder().build().unwrap(),
+        upstream::HttpClient::new().unwrap(),
         UpstreamConfig::new(url.parse().unwrap()).header("Authorization", TOKEN),
     )
 }

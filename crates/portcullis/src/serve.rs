@@ -247,7 +247,7 @@ async fn serve(planes: Planes, opts: &ServerOpts, pool: &PgPool) -> anyhow::Resu
                 ..portcullis_console::ConsoleConfig::default()
             },
         )
-        .context("cannot start the console")?;
+        .map_err(|e| anyhow::anyhow!("cannot start the console: {e}"))?;
         app = app.merge(portcullis_console::router(console));
     }
 

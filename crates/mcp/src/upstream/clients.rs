@@ -1,7 +1,9 @@
-//! Where upstream calls take their `reqwest::Client` (and so their connection pool) from.
+//! Where upstream calls take their [`HttpClient`] (and so their connection pool) from.
 
 use std::cell::RefCell;
 use std::sync::{Arc, Weak};
+
+use super::HttpClient;
 
 /// One client shared by every thread, or one per thread.
 ///
@@ -11,31 +13,31 @@ use std::sync::{Arc, Weak};
 /// With a client per thread, a call only ever uses connections its own thread opened.
 #[derive(Clone)]
 pub enum HttpClients {
-    Shared(reqwest::Client),
+    Shared(HttpClient),
     PerThread(Arc<PerThread>),
 }
 
 /// How to make a thread's client.
 pub struct PerThread {
-    make: Box<dyn Fn() -> reqwest::Client + Send + Sync>,
+    make: Box<dyn Fn() -> HttpClient + Send + Sync>,
 }
 
 thread_local! {
     /// This thread's clients, by the [`PerThread`] they were made for. The weak reference keeps
     /// the address from being reused while the entry exists; dead entries are dropped on insert.
-    static LOCAL: RefCell<Vec<(Weak<PerThread>, reqwest::Client)>> = const { RefCell::new(Vec::new()) };
+    static LOCAL: RefCell<Vec<(Weak<PerThread>, HttpClient)>> = const { RefCell::new(Vec::new()) };
 }
 
 impl HttpClients {
     /// A client per thread, each made by `make` the first time that thread calls out.
-    pub fn per_thread(make: impl Fn() -> reqwest::Client + Send + Sync + 'static) -> Self {
+    pub fn per_thread(make: impl Fn() -> HttpClient + Send + Sync + 'static) -> Self {
         HttpClients::PerThread(Arc::new(PerThread {
             make: Box::new(make),
         }))
     }
 
     /// The client for a call made on this thread.
-    pub fn client(&self) -> reqwest::Client {
+    pub fn client(&self) -> HttpClient {
         match self {
             HttpClients::Shared(client) => client.clone(),
             HttpClients::PerThread(per_thread) => LOCAL.with(|local| {
@@ -55,8 +57,8 @@ impl HttpClients {
     }
 }
 
-impl From<reqwest::Client> for HttpClients {
-    fn from(client: reqwest::Client) -> Self {
+impl From<HttpClient> for HttpClients {
+    fn from(client: HttpClient) -> Self {
         HttpClients::Shared(client)
     }
 }
@@ -75,8 +77,8 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    fn new_client() -> reqwest::Client {
-        crate::upstream::client_builder().build().unwrap()
+    fn new_client() -> HttpClient {
+        HttpClient::new().unwrap()
     }
 
     #[test]

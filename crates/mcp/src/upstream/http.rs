@@ -3,12 +3,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use ::http::{Method, StatusCode, Uri};
 use bytes::{Bytes, BytesMut};
-use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
-use reqwest::{Method, StatusCode};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Body as _;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use super::HttpResponse;
 use super::channel::{ChannelClient, SendFn};
 use super::{EventStream, Initialized, UpstreamConfig, UpstreamError, collect_until_response};
 use crate::jsonrpc::{Message, RequestId};
@@ -17,6 +20,7 @@ const SESSION_ID: &str = "mcp-session-id";
 const PROTOCOL_VERSION: &str = "mcp-protocol-version";
 const LAST_EVENT_ID: &str = "last-event-id";
 const ACCEPT_BOTH: &str = "application/json, text/event-stream";
+const USER_AGENT: &str = concat!("portcullis/", env!("CARGO_PKG_VERSION"));
 /// Headers the transport sets itself; configured headers may not name them.
 const RESERVED: [&str; 10] = [
     "accept",
@@ -38,7 +42,7 @@ const ERROR_BODY_KEPT: usize = 512;
 const MIN_SCRUBBED_LEN: usize = 4;
 
 /// A Streamable HTTP client for one upstream. Cheap to clone; all clones share the
-/// `reqwest::Client`s (and so the connection pools) given to [`new`](Self::new).
+/// [`HttpClient`](super::HttpClient)s (and so the connection pools) given to [`new`](Self::new).
 #[derive(Clone)]
 pub struct StreamableHttpClient {
     http: super::HttpClients,
@@ -47,6 +51,9 @@ pub struct StreamableHttpClient {
 
 struct Inner {
     url: url::Url,
+    /// The URL as hyper takes it (`None`: it cannot be one; see `config_error`).
+    uri: Option<Uri>,
+    /// The configured headers and the user agent.
     headers: HeaderMap,
     /// Configured header values, scrubbed from any upstream text put into an error.
     secrets: Vec<String>,
@@ -78,8 +85,8 @@ pub enum PostResponse {
 }
 
 impl StreamableHttpClient {
-    /// A client for the upstream `config` describes, sending through `http` (build it with
-    /// [`client_builder`](super::client_builder) and share it). A configuration that cannot be
+    /// A client for the upstream `config` describes, sending through `http` (build one
+    /// [`HttpClient`](super::HttpClient) and share it). A configuration that cannot be
     /// used (an invalid or reserved header) makes every call fail with
     /// [`UpstreamError::Config`].
     pub fn new(http: impl Into<super::HttpClients>, config: UpstreamConfig) -> Self {
@@ -109,10 +116,18 @@ impl StreamableHttpClient {
         }
         // Longest first, so a value containing another is scrubbed whole.
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        if !headers.contains_key(header::USER_AGENT) {
+            headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+        }
+        let uri = config.url.as_str().parse::<Uri>().ok();
+        if uri.is_none() {
+            config_error.get_or_insert("the URL cannot be used for HTTP".into());
+        }
         StreamableHttpClient {
             http: http.into(),
             inner: Arc::new(Inner {
                 url: config.url,
+                uri,
                 headers,
                 secrets,
                 config_error,
@@ -178,17 +193,20 @@ impl StreamableHttpClient {
         extra: &[(String, String)],
     ) -> Result<PostResponse, UpstreamError> {
         let deadline = Instant::now() + self.inner.timeout;
-        let mut request = self
-            .request(Method::POST, session, protocol_version)?
-            .header(header::ACCEPT, ACCEPT_BOTH)
-            .header(header::CONTENT_TYPE, "application/json");
+        let mut headers = self.headers(session, protocol_version)?;
+        headers.insert(header::ACCEPT, HeaderValue::from_static(ACCEPT_BOTH));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         for (name, value) in extra {
             let name = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| UpstreamError::Protocol(format!("invalid header name {name}")))?;
-            request = request.header(name, header_value(value, "a mirror header")?);
+            headers.append(name, header_value(value, "a mirror header")?);
         }
-        let request = request.body(body);
-        let response = self.send(request, deadline).await?;
+        let response = self
+            .send(Method::POST, self.uri()?, headers, body, deadline)
+            .await?;
         let status = response.status();
         if !status.is_success() {
             return Err(self
@@ -292,13 +310,17 @@ impl StreamableHttpClient {
         last_event_id: Option<&str>,
     ) -> Result<Option<EventStream>, UpstreamError> {
         let deadline = Instant::now() + self.inner.timeout;
-        let mut request = self
-            .request(Method::GET, session, protocol_version)?
-            .header(header::ACCEPT, "text/event-stream");
+        let mut headers = self.headers(session, protocol_version)?;
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("text/event-stream"),
+        );
         if let Some(id) = last_event_id {
-            request = request.header(LAST_EVENT_ID, header_value(id, "the last event id")?);
+            headers.insert(LAST_EVENT_ID, header_value(id, "the last event id")?);
         }
-        let response = self.send(request, deadline).await?;
+        let response = self
+            .send(Method::GET, self.uri()?, headers, Bytes::new(), deadline)
+            .await?;
         let status = response.status();
         if status == StatusCode::METHOD_NOT_ALLOWED {
             return Ok(None);
@@ -328,8 +350,10 @@ impl StreamableHttpClient {
         protocol_version: Option<&str>,
     ) -> Result<(), UpstreamError> {
         let deadline = Instant::now() + self.inner.timeout;
-        let request = self.request(Method::DELETE, Some(session), protocol_version)?;
-        let response = self.send(request, deadline).await?;
+        let headers = self.headers(Some(session), protocol_version)?;
+        let response = self
+            .send(Method::DELETE, self.uri()?, headers, Bytes::new(), deadline)
+            .await?;
         let status = response.status();
         if status.is_success()
             || status == StatusCode::NOT_FOUND
@@ -350,10 +374,14 @@ impl StreamableHttpClient {
     /// stream ends, requests in flight fail and the caller connects anew.
     pub async fn connect_legacy_sse(&self) -> Result<ChannelClient, UpstreamError> {
         let deadline = Instant::now() + self.inner.timeout;
-        let request = self
-            .request(Method::GET, None, None)?
-            .header(header::ACCEPT, "text/event-stream");
-        let response = self.send(request, deadline).await?;
+        let mut headers = self.headers(None, None)?;
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        let response = self
+            .send(Method::GET, self.uri()?, headers, Bytes::new(), deadline)
+            .await?;
         if !response.status().is_success() {
             return Err(self.status_error(response, false, deadline).await);
         }
@@ -454,20 +482,21 @@ impl StreamableHttpClient {
         endpoint: url::Url,
         message: &Value,
     ) -> Result<(), UpstreamError> {
-        if let Some(e) = &self.inner.config_error {
-            return Err(UpstreamError::Config(e.clone()));
-        }
         let deadline = Instant::now() + self.inner.timeout;
         let body = serde_json::to_vec(message)
             .map_err(|e| UpstreamError::Protocol(format!("cannot serialize the message: {e}")))?;
-        let request = self
-            .http
-            .client()
-            .post(endpoint)
-            .headers(self.inner.headers.clone())
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(body);
-        let response = self.send(request, deadline).await?;
+        let mut headers = self.headers(None, None)?;
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let uri = endpoint
+            .as_str()
+            .parse::<Uri>()
+            .map_err(|_| UpstreamError::Protocol("the endpoint event is not a URI".into()))?;
+        let response = self
+            .send(Method::POST, uri, headers, body.into(), deadline)
+            .await?;
         if !response.status().is_success() {
             return Err(self.status_error(response, false, deadline).await);
         }
@@ -476,12 +505,12 @@ impl StreamableHttpClient {
         Ok(())
     }
 
-    fn request(
+    /// The configured headers with the session's, or the configuration's error.
+    fn headers(
         &self,
-        method: Method,
         session: Option<&str>,
         protocol_version: Option<&str>,
-    ) -> Result<reqwest::RequestBuilder, UpstreamError> {
+    ) -> Result<HeaderMap, UpstreamError> {
         if let Some(e) = &self.inner.config_error {
             return Err(UpstreamError::Config(e.clone()));
         }
@@ -495,21 +524,34 @@ impl StreamableHttpClient {
                 header_value(version, "the protocol version")?,
             );
         }
-        Ok(self
-            .http
-            .client()
-            .request(method, self.inner.url.clone())
-            .headers(headers))
+        Ok(headers)
+    }
+
+    fn uri(&self) -> Result<Uri, UpstreamError> {
+        match (&self.inner.uri, &self.inner.config_error) {
+            (Some(uri), None) => Ok(uri.clone()),
+            (_, Some(e)) => Err(UpstreamError::Config(e.clone())),
+            (None, None) => Err(UpstreamError::Config(
+                "the URL cannot be used for HTTP".into(),
+            )),
+        }
     }
 
     async fn send(
         &self,
-        request: reqwest::RequestBuilder,
+        method: Method,
+        uri: Uri,
+        headers: HeaderMap,
+        body: Bytes,
         deadline: Instant,
-    ) -> Result<reqwest::Response, UpstreamError> {
-        match tokio::time::timeout_at(deadline, request.send()).await {
+    ) -> Result<HttpResponse, UpstreamError> {
+        let mut request = ::http::Request::new(Full::new(body));
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        match tokio::time::timeout_at(deadline, self.http.client().send(request)).await {
             Err(_) => Err(UpstreamError::Timeout(self.inner.timeout)),
-            Ok(Err(e)) => Err(self.map_error(e)),
+            Ok(Err(e)) => Err(self.map_error(&e)),
             Ok(Ok(response)) => Ok(response),
         }
     }
@@ -517,22 +559,35 @@ impl StreamableHttpClient {
     /// Reads a JSON body, refusing more than `max_body_bytes`.
     async fn read_body(
         &self,
-        mut response: reqwest::Response,
+        response: HttpResponse,
         deadline: Instant,
     ) -> Result<Bytes, UpstreamError> {
         let limit = self.inner.max_body_bytes;
-        if response.content_length().is_some_and(|n| n > limit as u64) {
+        if response
+            .body()
+            .size_hint()
+            .exact()
+            .is_some_and(|n| n > limit as u64)
+        {
             return Err(UpstreamError::TooLarge(limit));
         }
+        let mut incoming = response.into_body();
         let mut body = BytesMut::new();
         loop {
-            match tokio::time::timeout_at(deadline, response.chunk()).await {
+            match tokio::time::timeout_at(deadline, incoming.frame()).await {
                 Err(_) => return Err(UpstreamError::Timeout(self.inner.timeout)),
-                Ok(Err(e)) => return Err(self.map_error(e)),
-                Ok(Ok(None)) => return Ok(body.freeze()),
-                Ok(Ok(Some(chunk))) => {
+                Ok(None) => return Ok(body.freeze()),
+                Ok(Some(Err(e))) => return Err(self.map_error(&e)),
+                Ok(Some(Ok(frame))) => {
+                    let Ok(chunk) = frame.into_data() else {
+                        continue;
+                    };
                     if body.len() + chunk.len() > limit {
                         return Err(UpstreamError::TooLarge(limit));
+                    }
+                    if body.is_empty() && incoming.is_end_stream() {
+                        // The whole body in one piece, as a small answer usually is.
+                        return Ok(chunk);
                     }
                     body.extend_from_slice(&chunk);
                 }
@@ -543,17 +598,22 @@ impl StreamableHttpClient {
     /// The error for a non-2xx answer. `sent_session`: the request carried a session id.
     async fn status_error(
         &self,
-        mut response: reqwest::Response,
+        response: HttpResponse,
         sent_session: bool,
         deadline: Instant,
     ) -> UpstreamError {
         let status = response.status();
+        let mut incoming = response.into_body();
         // The start of the body is enough to classify and report; a body that cannot be read
         // in time does not change the answer.
         let mut body = Vec::new();
         while body.len() < ERROR_BODY_READ {
-            match tokio::time::timeout_at(deadline, response.chunk()).await {
-                Ok(Ok(Some(chunk))) => body.extend_from_slice(&chunk),
+            match tokio::time::timeout_at(deadline, incoming.frame()).await {
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(chunk) = frame.into_data() {
+                        body.extend_from_slice(&chunk);
+                    }
+                }
                 _ => break,
             }
         }
@@ -571,30 +631,30 @@ impl StreamableHttpClient {
         }
     }
 
-    fn event_stream(&self, response: reqwest::Response, idle: Option<Duration>) -> EventStream {
+    fn event_stream(&self, response: HttpResponse, idle: Option<Duration>) -> EventStream {
         let client = self.clone();
-        let bytes = futures_util::stream::unfold(Some(response), move |response| {
+        let bytes = futures_util::stream::unfold(Some(response.into_body()), move |body| {
             let client = client.clone();
             async move {
-                let mut response = response?;
-                match response.chunk().await {
-                    Ok(Some(chunk)) => Some((Ok(chunk), Some(response))),
-                    Ok(None) => None,
-                    Err(e) => Some((Err(client.map_error(e)), None)),
+                let mut body = body?;
+                loop {
+                    match body.frame().await {
+                        Some(Ok(frame)) => {
+                            if let Ok(chunk) = frame.into_data() {
+                                return Some((Ok(chunk), Some(body)));
+                            }
+                        }
+                        None => return None,
+                        Some(Err(e)) => return Some((Err(client.map_error(&e)), None)),
+                    }
                 }
             }
         });
         EventStream::new(bytes, self.inner.max_event_bytes).with_idle_timeout(idle)
     }
 
-    fn map_error(&self, error: reqwest::Error) -> UpstreamError {
-        if error.is_builder() {
-            return UpstreamError::Config(self.scrub(&plain_cause(&error)));
-        }
-        if error.is_timeout() && !error.is_connect() {
-            return UpstreamError::Timeout(self.inner.timeout);
-        }
-        UpstreamError::Connect(self.scrub(&plain_cause(&error)))
+    fn map_error(&self, error: &(dyn std::error::Error + 'static)) -> UpstreamError {
+        UpstreamError::Connect(self.scrub(&plain_cause(error)))
     }
 
     /// `text` with every configured header value replaced.
@@ -687,7 +747,7 @@ fn parse_json_rpc(body: &[u8]) -> Result<Value, UpstreamError> {
 }
 
 /// The innermost cause of a transport error in plain words, without the URL.
-fn plain_cause(error: &reqwest::Error) -> String {
+fn plain_cause(error: &(dyn std::error::Error + 'static)) -> String {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     let mut innermost: &(dyn std::error::Error + 'static) = error;
     while let Some(e) = source {
@@ -710,9 +770,7 @@ fn plain_cause(error: &reqwest::Error) -> String {
         source = e.source();
     }
     if std::ptr::addr_eq(innermost, error) {
-        if error.is_timeout() {
-            return "connection timed out".into();
-        }
+        // hyper-util's own errors say only "client error (Connect)" and the like.
         return "request failed".into();
     }
     innermost.to_string()

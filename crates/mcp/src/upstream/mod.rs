@@ -11,6 +11,7 @@ mod discover;
 mod http;
 mod stdio;
 mod stream;
+mod transport;
 
 use std::time::Duration;
 
@@ -27,6 +28,7 @@ pub use stdio::{
     INHERITED_ENV, STOP_GRACE, StdioClient, StdioConfig, discover_stdio, spawn_channel,
 };
 pub use stream::{EventStream, collect_until_response};
+pub use transport::{HttpClient, HttpResponse};
 
 /// A connection to an upstream, whatever its transport: Streamable HTTP (one HTTP exchange
 /// per message) or a shared channel (stdio, legacy HTTP+SSE). Cheap to clone.
