@@ -1616,6 +1616,9 @@ pub(crate) fn relay(
             match events.next().await {
                 Some(Ok(event)) => {
                     out.push_str(&encode_event(&event));
+                    if event.data.is_empty() {
+                        continue;
+                    }
                     let answer = serde_json::from_str::<Value>(&event.data).ok().filter(|m| {
                         m.get("id") == Some(&r.want)
                             && (m.get("result").is_some() || m.get("error").is_some())
@@ -1628,9 +1631,6 @@ pub(crate) fn relay(
                         }
                         drain(events);
                         return Some((Ok(Bytes::from(out)), r));
-                    }
-                    if event.data.is_empty() {
-                        continue;
                     }
                     r.events = Some(events);
                     return Some((Ok(Bytes::from(out)), r));

@@ -89,17 +89,27 @@ struct Escaped<'a>(&'a mut String);
 
 impl std::fmt::Write for Escaped<'_> {
     fn write_str(&mut self, text: &str) -> std::fmt::Result {
-        for c in text.chars() {
-            match c {
-                '"' => self.0.push_str("\\\""),
-                '\\' => self.0.push_str("\\\\"),
-                '\n' => self.0.push_str("\\n"),
-                '\r' => self.0.push_str("\\r"),
-                '\t' => self.0.push_str("\\t"),
-                c if u32::from(c) < 0x20 => write!(self.0, "\\u{:04x}", u32::from(c))?,
-                c => self.0.push(c),
+        // Runs that need no escape are copied whole.
+        let mut start = 0;
+        for (i, byte) in text.bytes().enumerate() {
+            let escape = match byte {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                b'\n' => "\\n",
+                b'\r' => "\\r",
+                b'\t' => "\\t",
+                0..0x20 => "",
+                _ => continue,
+            };
+            self.0.push_str(&text[start..i]);
+            if escape.is_empty() {
+                write!(self.0, "\\u{byte:04x}")?;
+            } else {
+                self.0.push_str(escape);
             }
+            start = i + 1;
         }
+        self.0.push_str(&text[start..]);
         Ok(())
     }
 }
