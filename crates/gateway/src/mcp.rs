@@ -510,12 +510,12 @@ async fn post_in_span(
     gw.metrics.request(method);
     span.record("method", tracing::field::debug(method));
     if crate::stateless::is_stateless(&headers, &message) {
-        return crate::stateless::post(&gw, caller, &headers, message).await;
+        return Box::pin(crate::stateless::post(&gw, caller, &headers, message)).await;
     }
     if let Message::Request(req) = &message
         && req.method == "initialize"
     {
-        return initialize(&gw, &caller, req).await;
+        return Box::pin(initialize(&gw, &caller, req)).await;
     }
     let session = match session_of(&gw, &caller, &headers) {
         Ok(s) => s,
@@ -567,7 +567,7 @@ async fn post_in_span(
             {
                 answer
             }
-            "tools/list" => ctx.tools_list(req).await,
+            "tools/list" => Box::pin(ctx.tools_list(req)).await,
             "tools/call" => ctx.tools_call(req).await,
             method if FORWARDED_REQUESTS.contains(&method) => {
                 let raw = req.to_value();
@@ -833,9 +833,16 @@ impl Ctx {
         reservation: Option<Reservation>,
     ) -> Response {
         if self.upstream.stateless {
-            return self
-                .forward_to_stateless(id, raw, reservation, self.stateless_client)
-                .await;
+            // Boxed, as every path a plain call does not take: an async call's state is part
+            // of its caller's, and the request's whole state machine is moved at each await
+            // that starts one (memcpy was 11 % of a call's instructions under callgrind).
+            return Box::pin(self.forward_to_stateless(
+                id,
+                raw,
+                reservation,
+                self.stateless_client,
+            ))
+            .await;
         }
         match self
             .post_upstream(raw, self.client_version.as_deref())
@@ -1133,7 +1140,7 @@ impl Ctx {
                 // upstream's round is sent again: it is counted again, below.)
                 if let Some(round) = self.round.as_ref().filter(|r| r.is_parked()) {
                     event.decision = "allow".into();
-                    let response = crate::stateless::resume(self, &req, round).await;
+                    let response = Box::pin(crate::stateless::resume(self, &req, round)).await;
                     event.latency_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
                     event.upstream_status = Some(i32::from(response.status().as_u16()));
                     self.gw.activity.record(event);
@@ -1185,9 +1192,14 @@ impl Ctx {
                 // held again.
                 if let Some(approval) = approval.as_ref().filter(|_| self.round.is_none()) {
                     let arguments = arguments.clone();
-                    return self
-                        .hold(req, arguments, approval.clone(), reservation, event)
-                        .await;
+                    return Box::pin(self.hold(
+                        req,
+                        arguments,
+                        approval.clone(),
+                        reservation,
+                        event,
+                    ))
+                    .await;
                 }
                 event.decision = "allow".into();
                 if self.upstream.stateless {
