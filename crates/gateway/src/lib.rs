@@ -316,7 +316,6 @@ pub(crate) async fn listen(db: &PgPool, channel: &str) -> Option<sqlx::postgres:
     }
 }
 
-/// The admin listener's routes: health and Prometheus metrics.
 /// Never ends: keeps a timer due within [`TIMER_TICK`] on the runtime it runs on. Run it on
 /// every runtime that serves the gateway.
 ///
@@ -338,6 +337,7 @@ pub async fn keep_a_timer_armed() {
 /// See [`keep_a_timer_armed`]. The gateway's per-call timers are no shorter.
 pub const TIMER_TICK: Duration = Duration::from_secs(1);
 
+/// The admin listener's routes: health and Prometheus metrics.
 pub fn admin_router(gateway: Arc<Gateway>) -> Router {
     let db = gateway.db.clone();
     Router::new()

@@ -700,3 +700,39 @@ async fn a_reserved_header_is_a_configuration_error() {
     );
     assert!(server.mock.seen().is_empty());
 }
+
+/// An upstream that reads one request, writes `answer`, and closes the connection.
+async fn cutting_upstream(answer: &'static [u8]) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut request = [0u8; 4096];
+        let _ = socket.read(&mut request).await;
+        socket.write_all(answer).await.unwrap();
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_connection_cut_before_or_during_the_answer_is_said_in_plain_words() {
+    for (answer, words) in [
+        // Headers promise 100 bytes of JSON; 10 come.
+        (
+            &b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"jsonrpc\""[..],
+            "connection closed early",
+        ),
+        (&b""[..], "connection closed before message completed"),
+    ] {
+        let addr = cutting_upstream(answer).await;
+        let client = client_for(UpstreamConfig::new(
+            format!("http://{addr}/mcp").parse().unwrap(),
+        ));
+        let err = client
+            .post(&request(1, "tools/list"), None, None)
+            .await
+            .unwrap_err();
+        assert_eq!(err, UpstreamError::Connect(words.into()));
+    }
+}

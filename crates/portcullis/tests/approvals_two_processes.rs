@@ -136,17 +136,20 @@ async fn a_killed_gateways_sessions_continue_elsewhere_and_its_held_approvals_ar
     let session = portcullis_tests::gateway::initialize(&on_victim, &key).await;
     let held = tokio::spawn({
         let (url, key, session) = (on_victim.clone(), key.clone(), session.clone());
+        // The process may die before or after the answer's headers leave: either way the call
+        // ends, failed or cut short.
         async move {
-            portcullis_tests::gateway::rpc(
-                &url,
-                &key,
-                Some(&session),
-                json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-                       "params": {"name": "deploy_webapp", "arguments": {"service": "web"}}}),
-            )
-            .await
-            .text()
-            .await
+            reqwest::Client::new()
+                .post(&url)
+                .header("accept", "application/json, text/event-stream")
+                .bearer_auth(&key)
+                .header("mcp-session-id", &session)
+                .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                              "params": {"name": "deploy_webapp", "arguments": {"service": "web"}}}))
+                .send()
+                .await?
+                .text()
+                .await
         }
     });
     let approval: Value = eventually("held by the victim", Duration::from_secs(15), || async {

@@ -770,7 +770,11 @@ fn plain_cause(error: &(dyn std::error::Error + 'static)) -> String {
         source = e.source();
     }
     if std::ptr::addr_eq(innermost, error) {
-        // hyper-util's own errors say only "client error (Connect)" and the like.
+        // hyper's own words ("connection closed before message completed") carry no URL;
+        // hyper-util's wrappers say only "client error (Connect)" and the like.
+        if let Some(e) = error.downcast_ref::<hyper::Error>() {
+            return e.to_string();
+        }
         return "request failed".into();
     }
     innermost.to_string()

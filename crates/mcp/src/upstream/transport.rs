@@ -25,12 +25,15 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::addresses::is_public;
 
-type Connector = hyper_rustls::HttpsConnector<HttpConnector<Resolver>>;
+type Https = hyper_rustls::HttpsConnector<HttpConnector<Resolver>>;
+
+/// How long opening a connection may take in all: DNS, TCP (each address) and TLS.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A pooled client for upstream calls. Cheap to clone; clones share the pool.
 #[derive(Clone)]
 pub struct HttpClient {
-    client: Client<Connector, Full<Bytes>>,
+    client: Client<Bounded, Full<Bytes>>,
 }
 
 /// What [`HttpClient::send`] answers.
@@ -60,7 +63,7 @@ impl HttpClient {
         // https URLs are handed to the TLS layer; the connector must not refuse them.
         http.enforce_http(false);
         http.set_nodelay(true);
-        http.set_connect_timeout(Some(Duration::from_secs(10)));
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -69,7 +72,7 @@ impl HttpClient {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_timer(TokioTimer::new())
-            .build(https);
+            .build(Bounded(https));
         Ok(HttpClient { client })
     }
 
@@ -85,6 +88,37 @@ impl HttpClient {
 impl std::fmt::Debug for HttpClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("HttpClient")
+    }
+}
+
+/// The connector with a bound on the whole connection setup. The TCP connector bounds each
+/// connect attempt only; a name that never resolves, or a peer that accepts TCP and never
+/// finishes TLS, would otherwise hold a connection attempt (hyper finishes one in the
+/// background after the call that started it has ended) for ever.
+#[derive(Clone)]
+struct Bounded(Https);
+
+impl tower_service::Service<http::Uri> for Bounded {
+    type Response = <Https as tower_service::Service<http::Uri>>::Response;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let connecting = self.0.call(uri);
+        Box::pin(async move {
+            match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+                Ok(connected) => connected,
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connection setup timed out",
+                )
+                .into()),
+            }
+        })
     }
 }
 
