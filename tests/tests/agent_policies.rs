@@ -380,6 +380,58 @@ async fn a_shadow_version_records_where_it_differs_and_changes_no_result() {
         "{page}"
     );
 
+    // An agent with its own policy, shadowed by a version that denies echo: its calls are that
+    // policy's, and stay out of the server policy's summary.
+    let (ci, ci_key) = s.app.create_agent(&token, "acme", "nightly-bot").await;
+    s.app
+        .publish_policy(
+            &token,
+            "acme",
+            &s.sid,
+            Some(&ci),
+            &json!({"version": "1", "default": "allow"}),
+        )
+        .await;
+    let agent_path = |rest: &str| format!("{}?agent={ci}", s.path(rest));
+    let (status, body) = s
+        .app
+        .put(
+            &agent_path(""),
+            &token,
+            &json!({"version": "1", "default": "allow",
+                    "tools": {"echo": {"action": "deny"}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = s
+        .app
+        .post(&agent_path("/publish"), &token, &json!({"mode": "shadow"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually(
+        "the agent's shadow differs on a call",
+        Duration::from_secs(5),
+        || async {
+            s.call(&ci_key, "echo", json!({"text": "ci"})).await;
+            let (_, body) = s
+                .app
+                .get(
+                    &format!(
+                        "/api/v1/orgs/acme/activity?server={}&agent={ci}&limit=1",
+                        s.sid
+                    ),
+                    &token,
+                )
+                .await;
+            (body["events"][0]["shadow"]["differs"] == json!(true)).then_some(())
+        },
+    )
+    .await;
+    let (_, after) = s.app.get(&s.path("/shadow"), &token).await;
+    assert_eq!(after["differences"], 2, "{after}");
+    assert_eq!(after["would_deny"], 2, "{after}");
+    assert_eq!(after["events"].as_array().unwrap().len(), 2, "{after}");
+
     // Stopped, calls carry no shadow any more.
     let (status, _) = s.app.delete(&s.path("/shadow"), &token).await;
     assert_eq!(status, StatusCode::NO_CONTENT);

@@ -143,6 +143,8 @@ pub struct Filter {
     pub since: Option<DateTime<Utc>>,
     /// Only calls where a shadow version would have decided otherwise.
     pub shadow_differs: bool,
+    /// Only events the server's own policy decided (not an agent's policy).
+    pub server_policy_only: bool,
 }
 
 /// The organization's events matching `filter`, newest first, at most `limit`.
@@ -162,6 +164,7 @@ pub async fn query(pool: &PgPool, org_id: Uuid, filter: &Filter, limit: i64) -> 
              AND ($7::uuid IS NULL OR (e.at, e.id) < (SELECT c.at, c.id FROM activity_events c
                                                      WHERE c.org_id = $1 AND c.id = $7))
              AND (NOT $9 OR COALESCE((e.shadow->>'differs')::boolean, false))
+             AND (NOT $10 OR e.policy_agent_id IS NULL)
            ORDER BY e.at DESC, e.id DESC
            LIMIT $8"#,
         org_id,
@@ -172,7 +175,8 @@ pub async fn query(pool: &PgPool, org_id: Uuid, filter: &Filter, limit: i64) -> 
         filter.since,
         filter.before,
         limit,
-        filter.shadow_differs
+        filter.shadow_differs,
+        filter.server_policy_only
     )
     .fetch_all(pool)
     .await?)
@@ -300,7 +304,8 @@ pub struct ShadowCounts {
     pub would_deny: i64,
 }
 
-/// Shadow counts of one server's calls since `since` (those evaluated beside a shadow version).
+/// Shadow counts of one server's calls since `since` decided by the server's own policy (those
+/// evaluated beside a shadow version of it).
 pub async fn shadow_counts(
     pool: &PgPool,
     org_id: Uuid,
@@ -316,7 +321,9 @@ pub async fn shadow_counts(
                                      AND decision NOT IN ('deny', 'hidden')) AS "would_deny!"
            FROM activity_events
            WHERE org_id = $1 AND server_id = $2 AND at >= $3 AND method = 'tools/call'
-             AND shadow IS NOT NULL AND decision = ANY($4)"#,
+             AND shadow IS NOT NULL AND decision = ANY($4)
+             -- The server's policy: an agent's own policy has its own shadow.
+             AND policy_agent_id IS NULL"#,
         org_id,
         server_id,
         since,

@@ -103,6 +103,7 @@ impl ActivityQuery {
             before: self.before,
             since: period.map(|p| Utc::now() - p).or(self.since),
             shadow_differs,
+            server_policy_only: false,
         })
     }
 }

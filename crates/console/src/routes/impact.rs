@@ -326,6 +326,7 @@ pub(crate) async fn shadow_summary(
             server_id: Some(id),
             since: Some(since),
             shadow_differs: true,
+            server_policy_only: true,
             ..activity::Filter::default()
         },
         50,
