@@ -15,7 +15,8 @@
 //! The upstream is the rmcp test server (its `echo` tool) in this process; the gateway is the
 //! real `portcullis gateway` binary in its own process (so its peak RSS can be read), on a fresh
 //! database holding a 50-rule policy with globs and conditions. All three share the machine's
-//! cores; ratios within one run are what to compare.
+//! cores; ratios within one run are what to compare. The paths run interleaved, one second
+//! each in turn (see [`run`]), so that the machine's drift over a run touches them alike.
 
 use std::time::{Duration, Instant};
 
@@ -66,83 +67,136 @@ struct Stats {
     errors: usize,
 }
 
-async fn run(url: &str, key: Option<&str>, concurrency: usize, seconds: u64) -> Stats {
-    let http = reqwest::Client::builder()
-        .tcp_nodelay(true)
-        .build()
-        .unwrap();
-    let mut sessions = Vec::new();
-    for _ in 0..concurrency {
-        sessions.push(open_session(&http, url, key).await);
+/// One path to the upstream (direct, through the gateway, through nginx), with its own HTTP
+/// client and one session per worker.
+struct Target {
+    http: reqwest::Client,
+    url: String,
+    key: Option<String>,
+    sessions: Vec<Option<String>>,
+    latencies: Vec<Duration>,
+    errors: usize,
+    calls: usize,
+    measured: Duration,
+}
+
+impl Target {
+    async fn open(url: &str, key: Option<&str>, concurrency: usize) -> Target {
+        let http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .build()
+            .unwrap();
+        let mut sessions = Vec::new();
+        for _ in 0..concurrency {
+            sessions.push(open_session(&http, url, key).await);
+        }
+        Target {
+            http,
+            url: url.to_owned(),
+            key: key.map(str::to_owned),
+            sessions,
+            latencies: Vec::new(),
+            errors: 0,
+            calls: 0,
+            measured: Duration::ZERO,
+        }
     }
-    // Warm up, then measure.
-    let warmup = Duration::from_secs(1);
-    let start = Instant::now();
-    let deadline = start + warmup + Duration::from_secs(seconds);
-    let mut tasks = Vec::new();
-    for (w, session) in sessions.into_iter().enumerate() {
-        let http = http.clone();
-        let url = url.to_owned();
-        let key = key.map(str::to_owned);
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut errors = 0;
-            let mut n = 0u64;
-            while Instant::now() < deadline {
-                n += 1;
-                let body = json!({"jsonrpc": "2.0", "id": n, "method": "tools/call",
-                                  "params": {"name": "echo", "arguments": {"text": format!("w{w} n{n}")}}});
-                let mut req = http
-                    .post(&url)
-                    .header("accept", "application/json, text/event-stream")
-                    .header("mcp-protocol-version", "2025-06-18")
-                    .json(&body);
-                if let Some(k) = &key {
-                    req = req.bearer_auth(k);
-                }
-                if let Some(s) = &session {
-                    req = req.header("mcp-session-id", s);
-                }
-                let t = Instant::now();
-                let ok = match req.send().await {
-                    Ok(resp) if resp.status().is_success() => resp
-                        .bytes()
-                        .await
-                        .map(|b| String::from_utf8_lossy(&b).contains(&format!("w{w} n{n}")))
-                        .unwrap_or(false),
-                    _ => false,
-                };
-                let elapsed = t.elapsed();
-                if Instant::now() > start + warmup && Instant::now() < deadline {
+
+    /// Every worker calls in a closed loop for `length`; with `keep`, the slice counts.
+    async fn slice(&mut self, length: Duration, keep: bool) {
+        let start = Instant::now();
+        let deadline = start + length;
+        let mut tasks = Vec::new();
+        for (w, session) in self.sessions.iter().cloned().enumerate() {
+            let http = self.http.clone();
+            let url = self.url.clone();
+            let key = self.key.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut errors = 0;
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    n += 1;
+                    let body = json!({"jsonrpc": "2.0", "id": n, "method": "tools/call",
+                                      "params": {"name": "echo", "arguments": {"text": format!("w{w} n{n}")}}});
+                    let mut req = http
+                        .post(&url)
+                        .header("accept", "application/json, text/event-stream")
+                        .header("mcp-protocol-version", "2025-06-18")
+                        .json(&body);
+                    if let Some(k) = &key {
+                        req = req.bearer_auth(k);
+                    }
+                    if let Some(s) = &session {
+                        req = req.header("mcp-session-id", s);
+                    }
+                    let t = Instant::now();
+                    let ok = match req.send().await {
+                        Ok(resp) if resp.status().is_success() => resp
+                            .bytes()
+                            .await
+                            .map(|b| String::from_utf8_lossy(&b).contains(&format!("w{w} n{n}")))
+                            .unwrap_or(false),
+                        _ => false,
+                    };
                     if ok {
-                        latencies.push(elapsed);
+                        latencies.push(t.elapsed());
                     } else {
                         errors += 1;
                     }
                 }
-            }
-            (latencies, errors)
-        }));
+                (latencies, errors)
+            }));
+        }
+        let mut latencies = Vec::new();
+        let mut errors = 0;
+        for t in tasks {
+            let (l, e) = t.await.unwrap();
+            latencies.extend(l);
+            errors += e;
+        }
+        if keep {
+            self.calls += latencies.len();
+            self.latencies.extend(latencies);
+            self.errors += errors;
+            // Until the last call of the slice ended: every counted call is inside it.
+            self.measured += start.elapsed();
+        }
     }
-    let mut all = Vec::new();
-    let mut errors = 0;
-    for t in tasks {
-        let (l, e) = t.await.unwrap();
-        all.extend(l);
-        errors += e;
+
+    fn stats(&mut self) -> Stats {
+        self.latencies.sort();
+        let all = &self.latencies;
+        let pct = |p: f64| {
+            all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or_default()
+        };
+        Stats {
+            rps: self.calls as f64 / self.measured.as_secs_f64().max(f64::EPSILON),
+            p50: pct(0.50),
+            p99: pct(0.99),
+            errors: self.errors,
+        }
     }
-    all.sort();
-    let pct = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
-    Stats {
-        rps: all.len() as f64 / seconds as f64,
-        p50: pct(0.50),
-        p99: pct(0.99),
-        errors,
+}
+
+/// Runs the paths interleaved: a warm-up slice each, then `seconds` rounds of one 1 s slice
+/// per path, the order rotating each round. The machine's speed drifts by more than the
+/// effects measured here over a few seconds; interleaving gives each path the same share of
+/// fast and slow moments, so the ratios of one run hold.
+async fn run(targets: &mut [Target], seconds: u64) -> Vec<Stats> {
+    let slice = Duration::from_secs(1);
+    for t in targets.iter_mut() {
+        t.slice(slice, false).await;
     }
+    for round in 0..seconds as usize {
+        for i in 0..targets.len() {
+            let t = &mut targets[(round + i) % targets.len()];
+            t.slice(slice, true).await;
+        }
+    }
+    targets.iter_mut().map(Target::stats).collect()
 }
 
 /// A plain nginx reverse proxy in front of `upstream` (see the module documentation); killed
@@ -229,19 +283,24 @@ async fn main() {
         .map(|bin| start_nginx(bin, upstream.addr));
 
     println!(
-        "policy: {rules} tool rules + 2 hide globs; {} s per run after 1 s warm-up\n",
+        "policy: {rules} tool rules + 2 hide globs; per path {} s in 1 s slices interleaved with the others, after a 1 s warm-up\n",
         args.seconds
     );
     println!("| concurrency | path | requests/s | p50 | p99 | errors |");
     println!("|---|---|---|---|---|---|");
     let mut summary = Vec::new();
     for &c in &args.concurrency {
-        let direct = run(&upstream.url, None, c, args.seconds).await;
-        let through = run(&gateway_url, Some(&seeded.agent_key), c, args.seconds).await;
-        let hop = match &nginx {
-            Some(n) => Some(run(&n.url, None, c, args.seconds).await),
-            None => None,
-        };
+        let mut targets = vec![
+            Target::open(&upstream.url, None, c).await,
+            Target::open(&gateway_url, Some(&seeded.agent_key), c).await,
+        ];
+        if let Some(n) = &nginx {
+            targets.push(Target::open(&n.url, None, c).await);
+        }
+        let mut stats = run(&mut targets, args.seconds).await.into_iter();
+        let direct = stats.next().expect("direct");
+        let through = stats.next().expect("gateway");
+        let hop = stats.next();
         let mut rows = vec![("direct", &direct), ("gateway", &through)];
         if let Some(h) = &hop {
             rows.push(("nginx hop", h));
