@@ -174,20 +174,18 @@ impl Message {
 
     /// The message as JSON.
     pub fn to_value(&self) -> Value {
-        if let Message::Request(r) = self {
-            return r.to_value();
-        }
-        let mut obj = Map::new();
-        obj.insert("jsonrpc".into(), Value::from("2.0"));
         match self {
-            Message::Request(_) => {}
+            Message::Request(r) => r.to_value(),
             Message::Notification(n) => {
+                let mut obj = envelope();
                 obj.insert("method".into(), Value::from(n.method.clone()));
                 if let Some(p) = &n.params {
                     obj.insert("params".into(), p.clone());
                 }
+                Value::Object(obj)
             }
             Message::Response(r) => {
+                let mut obj = envelope();
                 obj.insert("id".into(), r.id.as_ref().map_or(Value::Null, id_value));
                 match &r.outcome {
                     Ok(result) => obj.insert("result".into(), result.clone()),
@@ -196,9 +194,9 @@ impl Message {
                         serde_json::to_value(error).unwrap_or(Value::Null),
                     ),
                 };
+                Value::Object(obj)
             }
         }
-        Value::Object(obj)
     }
 
     /// An error response to `id` (None when the request's id could not be read).
@@ -218,6 +216,13 @@ impl Message {
     }
 }
 
+/// A message object with its `"jsonrpc": "2.0"`.
+fn envelope() -> Map<String, Value> {
+    let mut obj = Map::new();
+    obj.insert("jsonrpc".into(), Value::from("2.0"));
+    obj
+}
+
 fn id_value(id: &RequestId) -> Value {
     match id {
         RequestId::Number(n) => Value::from(*n),
@@ -229,8 +234,7 @@ impl Request {
     /// The request as JSON (what [`Message::to_value`] gives for it, without copying the
     /// request first).
     pub fn to_value(&self) -> Value {
-        let mut obj = Map::new();
-        obj.insert("jsonrpc".into(), Value::from("2.0"));
+        let mut obj = envelope();
         obj.insert("id".into(), id_value(&self.id));
         obj.insert("method".into(), Value::from(self.method.clone()));
         if let Some(p) = &self.params {

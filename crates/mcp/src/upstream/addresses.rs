@@ -42,6 +42,18 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || first == 0x2001 && ip.segments()[1] == 0x0db8) // documentation
 }
 
+/// The public addresses `host` resolves to; an error when it resolves only to private ones.
+pub async fn lookup_public(host: &str) -> std::io::Result<Vec<SocketAddr>> {
+    let all: Vec<SocketAddr> = tokio::net::lookup_host((host, 0)).await?.collect();
+    let public: Vec<SocketAddr> = all.iter().copied().filter(|a| is_public(a.ip())).collect();
+    if public.is_empty() && !all.is_empty() {
+        return Err(std::io::Error::other(format!(
+            "{host} resolves only to private addresses, which upstreams may not use"
+        )));
+    }
+    Ok(public)
+}
+
 /// A DNS resolver for reqwest that keeps only public addresses.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PublicOnly;
@@ -50,16 +62,7 @@ impl reqwest::dns::Resolve for PublicOnly {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let public: Vec<SocketAddr> =
-                all.iter().copied().filter(|a| is_public(a.ip())).collect();
-            if public.is_empty() && !all.is_empty() {
-                return Err(format!(
-                    "{host} resolves only to private addresses, which upstreams may not use"
-                )
-                .into());
-            }
-            let addrs: reqwest::dns::Addrs = Box::new(public.into_iter());
+            let addrs: reqwest::dns::Addrs = Box::new(lookup_public(&host).await?.into_iter());
             Ok(addrs)
         })
     }

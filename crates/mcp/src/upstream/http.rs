@@ -527,14 +527,11 @@ impl StreamableHttpClient {
         Ok(headers)
     }
 
+    /// The endpoint's URI (when it has none, `new` recorded why as the configuration's error).
     fn uri(&self) -> Result<Uri, UpstreamError> {
-        match (&self.inner.uri, &self.inner.config_error) {
-            (Some(uri), None) => Ok(uri.clone()),
-            (_, Some(e)) => Err(UpstreamError::Config(e.clone())),
-            (None, None) => Err(UpstreamError::Config(
-                "the URL cannot be used for HTTP".into(),
-            )),
-        }
+        self.inner.uri.clone().ok_or_else(|| {
+            UpstreamError::Config(self.inner.config_error.clone().unwrap_or_default())
+        })
     }
 
     async fn send(

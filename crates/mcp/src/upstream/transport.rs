@@ -23,7 +23,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::addresses::is_public;
+use super::addresses::lookup_public;
 
 type Https = hyper_rustls::HttpsConnector<HttpConnector<Resolver>>;
 
@@ -49,7 +49,6 @@ impl HttpClient {
     /// A client refusing private addresses (after DNS resolution) unless `allow_private`.
     /// Fails only when the TLS stack cannot start (no usable certificate verifier).
     pub fn guarded(allow_private: bool) -> Result<HttpClient, String> {
-        super::install_crypto_provider();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -142,18 +141,12 @@ impl tower_service::Service<Name> for Resolver {
         let public_only = self.public_only;
         Box::pin(async move {
             let host = name.as_str();
-            let all: Vec<SocketAddr> = tokio::net::lookup_host((host, 0)).await?.collect();
-            if !public_only {
-                return Ok(all.into_iter());
-            }
-            let public: Vec<SocketAddr> =
-                all.iter().copied().filter(|a| is_public(a.ip())).collect();
-            if public.is_empty() && !all.is_empty() {
-                return Err(std::io::Error::other(format!(
-                    "{host} resolves only to private addresses, which upstreams may not use"
-                )));
-            }
-            Ok(public.into_iter())
+            let addresses = if public_only {
+                lookup_public(host).await?
+            } else {
+                tokio::net::lookup_host((host, 0)).await?.collect()
+            };
+            Ok(addresses.into_iter())
         })
     }
 }
