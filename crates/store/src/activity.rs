@@ -39,65 +39,68 @@ pub struct NewEvent {
     pub shadow: Option<Value>,
 }
 
-/// Writes a batch of events in one statement (columns as arrays, unnested by PostgreSQL).
+/// Writes a batch of events in one statement (columns as arrays, unnested by PostgreSQL). The
+/// strings are borrowed, not copied; each row's argument keys are a slice of one array of all
+/// the batch's keys (an array of arrays of different lengths does not fit a PostgreSQL array),
+/// which PostgreSQL cuts without a subquery per row.
 pub async fn insert_batch(pool: &PgPool, events: &[NewEvent]) -> Result<()> {
     if events.is_empty() {
         return Ok(());
     }
-    let col = |f: fn(&NewEvent) -> Option<Uuid>| events.iter().map(f).collect::<Vec<_>>();
-    let text = |f: fn(&NewEvent) -> Option<String>| events.iter().map(f).collect::<Vec<_>>();
-    let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
-    let orgs: Vec<Uuid> = events.iter().map(|e| e.org_id).collect();
-    let ats: Vec<DateTime<Utc>> = events.iter().map(|e| e.at).collect();
-    let methods: Vec<String> = events.iter().map(|e| e.method.clone()).collect();
-    let decisions: Vec<String> = events.iter().map(|e| e.decision.clone()).collect();
-    // An array of arrays of different lengths does not fit a PostgreSQL array: send each row's
-    // keys as a JSON array.
-    let keys: Vec<Value> = events
-        .iter()
-        .map(|e| Value::from(e.argument_keys.clone()))
-        .collect();
+    let ids = |f: fn(&NewEvent) -> Option<Uuid>| events.iter().map(f).collect::<Vec<_>>();
+    let text = |f: fn(&NewEvent) -> Option<&str>| events.iter().map(f).collect::<Vec<_>>();
+    let mut keys: Vec<&str> = Vec::new();
+    let mut keys_from: Vec<i32> = Vec::with_capacity(events.len());
+    let mut keys_to: Vec<i32> = Vec::with_capacity(events.len());
+    for e in events {
+        // 1-based and inclusive, as PostgreSQL slices: no keys is an empty slice [n+1:n].
+        keys_from.push(i32::try_from(keys.len() + 1).unwrap_or(i32::MAX));
+        keys.extend(e.argument_keys.iter().map(String::as_str));
+        keys_to.push(i32::try_from(keys.len()).unwrap_or(i32::MAX));
+    }
     let arguments: Vec<Option<Value>> = events.iter().map(|e| e.arguments.clone()).collect();
-    let versions: Vec<Option<i32>> = events.iter().map(|e| e.policy_version).collect();
-    let latencies: Vec<Option<f64>> = events.iter().map(|e| e.latency_ms).collect();
-    let statuses: Vec<Option<i32>> = events.iter().map(|e| e.upstream_status).collect();
     let shadows: Vec<Option<Value>> = events.iter().map(|e| e.shadow.clone()).collect();
     sqlx::query!(
         r#"INSERT INTO activity_events (id, org_id, at, server_id, agent_id, agent_name, session,
                method, tool, argument_keys, arguments, decision, rule, reason, policy_id,
                policy_version, latency_ms, upstream_status, policy_agent_id, shadow)
            SELECT u.id, u.org_id, u.at, u.server_id, u.agent_id, u.agent_name, u.session, u.method,
-                  u.tool, ARRAY(SELECT jsonb_array_elements_text(u.keys)), u.arguments, u.decision,
-                  u.rule, u.reason, u.policy_id, u.policy_version, u.latency_ms, u.upstream_status,
-                  u.policy_agent_id, u.shadow
+                  u.tool, COALESCE(($21::text[])[u.keys_from:u.keys_to], '{}'), u.arguments,
+                  u.decision, u.rule, u.reason, u.policy_id, u.policy_version, u.latency_ms,
+                  u.upstream_status, u.policy_agent_id, u.shadow
            FROM UNNEST($1::uuid[], $2::uuid[], $3::timestamptz[], $4::uuid[], $5::uuid[],
-                       $6::text[], $7::text[], $8::text[], $9::text[], $10::jsonb[], $11::jsonb[],
+                       $6::text[], $7::text[], $8::text[], $9::text[], $10::int4[], $11::jsonb[],
                        $12::text[], $13::text[], $14::text[], $15::uuid[], $16::int4[],
-                       $17::float8[], $18::int4[], $19::uuid[], $20::jsonb[])
-                AS u(id, org_id, at, server_id, agent_id, agent_name, session, method, tool, keys,
-                     arguments, decision, rule, reason, policy_id, policy_version, latency_ms,
-                     upstream_status, policy_agent_id, shadow)
+                       $17::float8[], $18::int4[], $19::uuid[], $20::jsonb[], $22::int4[])
+                AS u(id, org_id, at, server_id, agent_id, agent_name, session, method, tool,
+                     keys_from, arguments, decision, rule, reason, policy_id, policy_version,
+                     latency_ms, upstream_status, policy_agent_id, shadow, keys_to)
            ON CONFLICT ON CONSTRAINT activity_events_pkey DO NOTHING"#,
-        &ids,
-        &orgs,
-        &ats,
-        &col(|e| e.server_id) as &[Option<Uuid>],
-        &col(|e| e.agent_id) as &[Option<Uuid>],
-        &text(|e| e.agent_name.clone()) as &[Option<String>],
-        &text(|e| e.session.clone()) as &[Option<String>],
-        &methods,
-        &text(|e| e.tool.clone()) as &[Option<String>],
-        &keys,
+        &events.iter().map(|e| e.id).collect::<Vec<_>>(),
+        &events.iter().map(|e| e.org_id).collect::<Vec<_>>(),
+        &events.iter().map(|e| e.at).collect::<Vec<_>>(),
+        &ids(|e| e.server_id) as &[Option<Uuid>],
+        &ids(|e| e.agent_id) as &[Option<Uuid>],
+        &text(|e| e.agent_name.as_deref()) as &[Option<&str>],
+        &text(|e| e.session.as_deref()) as &[Option<&str>],
+        &events.iter().map(|e| e.method.as_str()).collect::<Vec<_>>() as &[&str],
+        &text(|e| e.tool.as_deref()) as &[Option<&str>],
+        &keys_from,
         &arguments as &[Option<Value>],
-        &decisions,
-        &text(|e| e.rule.clone()) as &[Option<String>],
-        &text(|e| e.reason.clone()) as &[Option<String>],
-        &col(|e| e.policy_id) as &[Option<Uuid>],
-        &versions as &[Option<i32>],
-        &latencies as &[Option<f64>],
-        &statuses as &[Option<i32>],
-        &col(|e| e.policy_agent_id) as &[Option<Uuid>],
+        &events
+            .iter()
+            .map(|e| e.decision.as_str())
+            .collect::<Vec<_>>() as &[&str],
+        &text(|e| e.rule.as_deref()) as &[Option<&str>],
+        &text(|e| e.reason.as_deref()) as &[Option<&str>],
+        &ids(|e| e.policy_id) as &[Option<Uuid>],
+        &events.iter().map(|e| e.policy_version).collect::<Vec<_>>() as &[Option<i32>],
+        &events.iter().map(|e| e.latency_ms).collect::<Vec<_>>() as &[Option<f64>],
+        &events.iter().map(|e| e.upstream_status).collect::<Vec<_>>() as &[Option<i32>],
+        &ids(|e| e.policy_agent_id) as &[Option<Uuid>],
         &shadows as &[Option<Value>],
+        &keys as &[&str],
+        &keys_to,
     )
     .execute(pool)
     .await?;

@@ -72,4 +72,28 @@ async fn a_batch_is_written_in_one_statement_and_read_back_per_organization() {
     let b = activity::recent(&db.pool, orgs_ids[1], 10).await.unwrap();
     assert_eq!(b.len(), 1);
     assert_eq!(b[0].tool.as_deref(), Some("delete_repo"));
+    assert_eq!(
+        b[0].argument_keys,
+        ["name"],
+        "the third row's own slice of the keys"
+    );
+
+    // A batch without a single key, and keys PostgreSQL's array text would quote.
+    activity::insert_batch(&db.pool, &[event(orgs_ids[1], Some("ping"), &[], "allow")])
+        .await
+        .unwrap();
+    activity::insert_batch(
+        &db.pool,
+        &[event(
+            orgs_ids[1],
+            Some("x"),
+            &["NULL", "{a,b}", ""],
+            "allow",
+        )],
+    )
+    .await
+    .unwrap();
+    let b = activity::recent(&db.pool, orgs_ids[1], 10).await.unwrap();
+    assert_eq!(b[0].argument_keys, ["NULL", "{a,b}", ""]);
+    assert!(b[1].argument_keys.is_empty());
 }
