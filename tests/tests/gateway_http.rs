@@ -318,6 +318,7 @@ async fn an_expired_upstream_session_is_reopened_transparently() {
         .unwrap();
     let upstream_session = opened
         .upstream_session
+        .clone()
         .expect("the upstream gave a session id");
     let deleted = reqwest::Client::new()
         .delete(&upstream.url)

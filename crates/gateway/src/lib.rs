@@ -26,7 +26,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
 use axum::routing::post;
 use portcullis_store::PgPool;
 use portcullis_store::crypto::{Sealer, SecretKey};
@@ -367,7 +366,6 @@ pub fn admin_router(gateway: Arc<Gateway>) -> Router {
 
 /// The gateway's routes: the MCP endpoint and health.
 pub fn router(gateway: Arc<Gateway>) -> Router {
-    let max_body = gateway.config.max_body_bytes;
     let db = gateway.db.clone();
     Router::new()
         .route(
@@ -380,11 +378,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
                 .get(mcp::get_with_key)
                 .delete(mcp::delete_with_key),
         )
-        .layer(DefaultBodyLimit::max(max_body))
-        .layer(axum::middleware::from_fn_with_state(
-            max_body,
-            mcp::refuse_declared_oversize,
-        ))
+        // POST bodies are bounded by their extractor, `mcp::McpBody`.
         .with_state(gateway)
         .merge(health::router(db))
 }

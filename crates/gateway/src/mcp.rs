@@ -343,7 +343,11 @@ fn session_not_found() -> Response {
 }
 
 /// The session named by the request, if it is this agent's on this server.
-fn session_of(gw: &Gateway, caller: &Caller, headers: &HeaderMap) -> Result<Session, Response> {
+fn session_of(
+    gw: &Gateway,
+    caller: &Caller,
+    headers: &HeaderMap,
+) -> Result<Arc<Session>, Response> {
     let Some(token) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
         return Err(rpc_error(
             StatusCode::BAD_REQUEST,
@@ -411,30 +415,65 @@ fn accepts_both(headers: &HeaderMap) -> bool {
     has("application/json") && has("text/event-stream")
 }
 
-/// A body whose declared length is over the limit is refused (413, a JSON-RPC error) before a
-/// byte of it is read; a client sending `Expect: 100-continue` never sends it. Bodies without a
-/// length are bounded while read (`DefaultBodyLimit`).
-pub(crate) async fn refuse_declared_oversize(
-    State(max): State<usize>,
+/// A POST body, read by [`read_body`] with the gateway's limit.
+pub struct McpBody(pub Bytes);
+
+impl axum::extract::FromRequest<Arc<Gateway>> for McpBody {
+    type Rejection = Response;
+
+    async fn from_request(
+        request: axum::extract::Request,
+        gw: &Arc<Gateway>,
+    ) -> Result<Self, Self::Rejection> {
+        read_body(request, gw.config.max_body_bytes)
+            .await
+            .map(McpBody)
+    }
+}
+
+/// Reads a body of at most `max` bytes. One whose declared length is over the limit is refused
+/// (413, a JSON-RPC error) before a byte of it is read, so a client sending
+/// `Expect: 100-continue` never sends it; one without a length is refused the same way once more
+/// than `max` bytes have come. (An extractor, not a middleware: a middleware boxed every
+/// request's future and cloned the route's service, on every call.)
+pub(crate) async fn read_body(
     request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
-        return rpc_error(
+    max: usize,
+) -> Result<Bytes, Response> {
+    use http_body_util::BodyExt as _;
+    let too_large = || {
+        rpc_error(
             StatusCode::PAYLOAD_TOO_LARGE,
             None,
             ErrorObject::new(
                 code::INVALID_REQUEST,
                 format!("Payload Too Large: the limit is {max} bytes"),
             ),
-        );
+        )
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
     }
-    next.run(request).await
+    match http_body_util::Limited::new(request.into_body(), max)
+        .collect()
+        .await
+    {
+        Ok(body) => Ok(body.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(rpc_error(
+            StatusCode::BAD_REQUEST,
+            None,
+            ErrorObject::new(
+                code::INVALID_REQUEST,
+                format!("Bad Request: the body could not be read: {e}"),
+            ),
+        )),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -444,7 +483,7 @@ pub async fn post(
     State(gw): State<Arc<Gateway>>,
     Path(server): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    McpBody(body): McpBody,
 ) -> Response {
     use tracing::Instrument as _;
     // One span per MCP request; its fields are filled in as they become known (the decision by
@@ -711,7 +750,7 @@ pub(crate) fn id_value(id: &RequestId) -> Value {
 pub(crate) struct Ctx {
     pub(crate) gw: Arc<Gateway>,
     pub(crate) caller: Caller,
-    pub(crate) session: Session,
+    pub(crate) session: Arc<Session>,
     pub(crate) upstream: Arc<Upstream>,
     /// The agent's connection to the upstream.
     pub(crate) client: Client,
@@ -1206,8 +1245,9 @@ impl Ctx {
                     // The tool's `x-mcp-header` annotations, for the mirror headers.
                     let _ = self.catalog().await;
                 }
-                let raw = req.to_value();
-                let response = self.forward(&req.id, &raw, Some(reservation)).await;
+                let id = req.id.clone();
+                let raw = req.into_value();
+                let response = self.forward(&id, &raw, Some(reservation)).await;
                 event.latency_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
                 event.upstream_status = Some(i32::from(response.status().as_u16()));
                 self.gw.activity.record(event);
@@ -1631,12 +1671,8 @@ pub(crate) fn relay(
                     if event.data.is_empty() {
                         continue;
                     }
-                    let answer = serde_json::from_str::<Value>(&event.data).ok().filter(|m| {
-                        m.get("id") == Some(&r.want)
-                            && (m.get("result").is_some() || m.get("error").is_some())
-                    });
-                    if let Some(answer) = answer {
-                        if answer.get("error").is_some()
+                    if let Some(answered) = jsonrpc::answers(&event.data, &r.want) {
+                        if answered == jsonrpc::Answered::Error
                             && let Some(reserved) = r.reservation.take()
                         {
                             r.gw.counters.release(reserved);
@@ -1875,7 +1911,7 @@ pub async fn post_with_key(
     State(gw): State<Arc<Gateway>>,
     Path((server, key)): Path<(String, String)>,
     mut headers: HeaderMap,
-    body: Bytes,
+    body: McpBody,
 ) -> Response {
     if let Err(r) = key_into_headers(&key, &mut headers) {
         return r;
@@ -1903,4 +1939,76 @@ pub async fn delete_with_key(
         return r;
     }
     delete(State(gw), Path(server), headers).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body that fails the test if it is read at all.
+    fn unread_body() -> Body {
+        Body::from_stream(futures_util::stream::once(async {
+            panic!("the body was read");
+            #[allow(unreachable_code)]
+            Ok::<Bytes, std::io::Error>(Bytes::new())
+        }))
+    }
+
+    fn request(length: Option<usize>, body: Body) -> axum::extract::Request {
+        let mut builder = axum::http::Request::builder().method("POST").uri("/mcp/x");
+        if let Some(n) = length {
+            builder = builder.header(header::CONTENT_LENGTH, n);
+        }
+        builder.body(body).unwrap()
+    }
+
+    async fn error_of(response: Response) -> (StatusCode, Value) {
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_refused_as_json_rpc_and_a_declared_one_before_it_is_read() {
+        let declared = read_body(request(Some(11), unread_body()), 10).await;
+        let (status, error) = error_of(declared.unwrap_err()).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(error["error"]["code"], code::INVALID_REQUEST);
+        assert_eq!(
+            error["error"]["message"],
+            "Payload Too Large: the limit is 10 bytes"
+        );
+
+        // No declared length: read in chunks until it is over.
+        let chunks = ["12345", "67890", "1"].map(|c| Ok::<_, std::io::Error>(Bytes::from(c)));
+        let streamed = Body::from_stream(futures_util::stream::iter(chunks));
+        let (status, error) =
+            error_of(read_body(request(None, streamed), 10).await.unwrap_err()).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(error["error"]["code"], code::INVALID_REQUEST);
+
+        let within = Body::from_stream(futures_util::stream::iter(
+            ["12345", "67890"].map(|c| Ok::<_, std::io::Error>(Bytes::from(c))),
+        ));
+        assert_eq!(
+            read_body(request(None, within), 10).await.unwrap(),
+            Bytes::from("1234567890")
+        );
+
+        let broken = Body::from_stream(futures_util::stream::iter([Err::<Bytes, _>(
+            std::io::Error::other("connection reset"),
+        )]));
+        let (status, error) =
+            error_of(read_body(request(None, broken), 10).await.unwrap_err()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("the body could not be read"),
+            "{error}"
+        );
+    }
 }

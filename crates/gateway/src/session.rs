@@ -54,8 +54,10 @@ pub struct SessionSealer {
     /// Sessions this sealer has opened, by token. Every request of a session carries the same
     /// token, and opening it (base64, AES-GCM, JSON) was ~7 % of a proxied call's instructions
     /// (callgrind, gateway benchmark). Only tokens that opened are kept, so a hit is exactly
-    /// what opening would give.
-    opened: Arc<Mutex<HashMap<String, Session>>>,
+    /// what opening would give. Keyed with foldhash, not SipHash: hashing a token (a few hundred
+    /// bytes) with SipHash was ~1 % of a call, and an outsider cannot choose the keys (only
+    /// tokens this sealer issued are kept; a lookup of any other string finds nothing).
+    opened: Arc<Mutex<HashMap<String, Arc<Session>, foldhash::fast::RandomState>>>,
 }
 
 impl SessionSealer {
@@ -104,8 +106,9 @@ impl SessionSealer {
         serde_json::from_slice(&json).ok()
     }
 
-    /// `None` for anything this deployment did not issue (or that was altered).
-    pub fn open(&self, token: &str) -> Option<Session> {
+    /// `None` for anything this deployment did not issue (or that was altered). Shared: a
+    /// request reads its session and never changes it.
+    pub fn open(&self, token: &str) -> Option<Arc<Session>> {
         let cached = self
             .opened
             .lock()
@@ -115,7 +118,7 @@ impl SessionSealer {
         if cached.is_some() {
             return cached;
         }
-        let session = self.open_sealed(token)?;
+        let session = Arc::new(self.open_sealed(token)?);
         if token.len() <= OPENED_TOKEN_MAX {
             let mut opened = self.opened.lock().unwrap_or_else(|e| e.into_inner());
             if opened.len() >= OPENED_MAX {
@@ -168,7 +171,7 @@ mod tests {
             "a valid header value"
         );
         assert!(!token.contains("upstream-123"));
-        assert_eq!(sealer.open(&token), Some(s));
+        assert_eq!(sealer.open(&token).as_deref(), Some(&s));
     }
 
     #[test]
@@ -191,8 +194,10 @@ mod tests {
         let sealer = SessionSealer::new(&key);
         let s = session();
         let token = sealer.seal(&s);
-        assert_eq!(sealer.open(&token), Some(s.clone()));
-        assert_eq!(sealer.open(&token), Some(s.clone()), "the kept session");
+        let first = sealer.open(&token).unwrap();
+        assert_eq!(*first, s);
+        let kept = sealer.open(&token).unwrap();
+        assert!(Arc::ptr_eq(&first, &kept), "the kept session");
         // Another key's sealer does not take a token this one has kept.
         let other = SessionSealer::new(&SecretKey::generate().unwrap());
         assert_eq!(other.open(&token), None);
@@ -205,7 +210,7 @@ mod tests {
         let mut long = session();
         long.initialize_params = serde_json::json!({"padding": "x".repeat(OPENED_TOKEN_MAX)});
         let long_token = sealer.seal(&long);
-        assert_eq!(sealer.open(&long_token), Some(long));
+        assert_eq!(sealer.open(&long_token).as_deref(), Some(&long));
         assert!(!sealer.opened.lock().unwrap().contains_key(&long_token));
     }
 }

@@ -427,7 +427,7 @@ pub(crate) async fn post(
         Ok(c) => c,
         Err(r) => return r,
     };
-    let session = derived_session(&caller, &envelope);
+    let session = Arc::new(derived_session(&caller, &envelope));
     let mut ctx = Ctx {
         gw: gw.clone(),
         caller,
@@ -459,7 +459,7 @@ pub(crate) async fn post(
             }
         };
         ctx.client_version = Some(opened.version.clone());
-        ctx.session.protocol_version = opened.version.clone();
+        Arc::make_mut(&mut ctx.session).protocol_version = opened.version.clone();
         initialized = Some(opened.result);
     }
     // What goes upstream: the envelope and round fields removed for a handshake upstream;

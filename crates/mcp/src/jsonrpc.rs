@@ -242,6 +242,17 @@ impl Request {
         }
         Value::Object(obj)
     }
+
+    /// [`to_value`](Self::to_value), moving the params instead of copying them.
+    pub fn into_value(self) -> Value {
+        let mut obj = envelope();
+        obj.insert("id".into(), id_value(&self.id));
+        obj.insert("method".into(), Value::from(self.method));
+        if let Some(p) = self.params {
+            obj.insert("params".into(), p);
+        }
+        Value::Object(obj)
+    }
 }
 
 /// `Some(None)` for a null id (legal only on error responses).
@@ -256,6 +267,99 @@ fn parse_id(v: Value) -> Result<Option<RequestId>, ParseError> {
         _ => Err(ParseError::Invalid(
             "\"id\" must be a string or an integer".into(),
         )),
+    }
+}
+
+/// How a message answers a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answered {
+    Result,
+    Error,
+}
+
+/// Whether the JSON text `data` is an object whose `id` equals `id` and that has a `result` or
+/// an `error` member (an `error` wins), as `serde_json::from_str::<Value>` followed by `get`
+/// would say (the last of duplicate members counts), without building the message: a relay
+/// asks this of every event it passes on, and an answer's result can be large.
+pub fn answers(data: &str, id: &Value) -> Option<Answered> {
+    use serde::de::{self, IgnoredAny, MapAccess, Visitor};
+
+    enum Member {
+        Id,
+        Result,
+        Error,
+        Other,
+    }
+    impl<'de> Deserialize<'de> for Member {
+        fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Name;
+            impl Visitor<'_> for Name {
+                type Value = Member;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a member name")
+                }
+                fn visit_str<E: de::Error>(self, name: &str) -> Result<Member, E> {
+                    Ok(match name {
+                        "id" => Member::Id,
+                        "result" => Member::Result,
+                        "error" => Member::Error,
+                        _ => Member::Other,
+                    })
+                }
+            }
+            d.deserialize_identifier(Name)
+        }
+    }
+    /// The members that matter; anything but an object is not a message.
+    struct Shape {
+        id: Option<Value>,
+        result: bool,
+        error: bool,
+    }
+    impl<'de> Deserialize<'de> for Shape {
+        fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Members;
+            impl<'de> Visitor<'de> for Members {
+                type Value = Shape;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a JSON-RPC message")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Shape, A::Error> {
+                    let mut shape = Shape {
+                        id: None,
+                        result: false,
+                        error: false,
+                    };
+                    while let Some(member) = map.next_key::<Member>()? {
+                        match member {
+                            Member::Id => shape.id = Some(map.next_value()?),
+                            Member::Result => {
+                                map.next_value::<IgnoredAny>()?;
+                                shape.result = true;
+                            }
+                            Member::Error => {
+                                map.next_value::<IgnoredAny>()?;
+                                shape.error = true;
+                            }
+                            Member::Other => {
+                                map.next_value::<IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    Ok(shape)
+                }
+            }
+            d.deserialize_map(Members)
+        }
+    }
+    let shape = serde_json::from_str::<Shape>(data).ok()?;
+    if shape.id.as_ref() != Some(id) {
+        return None;
+    }
+    match (shape.result, shape.error) {
+        (_, true) => Some(Answered::Error),
+        (true, false) => Some(Answered::Result),
+        (false, false) => None,
     }
 }
 
@@ -305,7 +409,15 @@ mod tests {
                 panic!()
             };
             assert_eq!(m.to_value(), v);
+            let Message::Request(r) = m else { panic!() };
+            assert_eq!(r.into_value(), v);
         }
+        let v = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}});
+        let Body::Single(Message::Request(r)) = parse(v.clone()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.to_value(), v);
+        assert_eq!(r.into_value(), v);
     }
 
     #[test]
@@ -333,6 +445,54 @@ mod tests {
         assert_eq!(
             parse_body(b"{").unwrap_err().to_error_object().code,
             code::PARSE_ERROR
+        );
+    }
+
+    #[test]
+    fn answers_reads_what_a_parsed_message_would_say() {
+        let id = json!(7);
+        for (data, want) in [
+            (
+                r#"{"jsonrpc":"2.0","id":7,"result":{"content":[]}}"#,
+                Some(Answered::Result),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":7,"result":null}"#,
+                Some(Answered::Result),
+            ),
+            (
+                r#"{"id":7,"error":{"code":1,"message":"no"}}"#,
+                Some(Answered::Error),
+            ),
+            (r#"{"id":7,"result":1,"error":{}}"#, Some(Answered::Error)),
+            // Another request's answer, a string id, a null id, no id.
+            (r#"{"jsonrpc":"2.0","id":8,"result":{}}"#, None),
+            (r#"{"jsonrpc":"2.0","id":"7","result":{}}"#, None),
+            (r#"{"jsonrpc":"2.0","id":null,"result":{}}"#, None),
+            (r#"{"jsonrpc":"2.0","result":{}}"#, None),
+            // A notification, not JSON, not an object, trailing bytes.
+            (
+                r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"id":7}}"#,
+                None,
+            ),
+            ("not json", None),
+            (r#"[7, {}, {}]"#, None),
+            (r#"{"id":7,"result":{}} x"#, None),
+            // The last of duplicate members counts, as in a parsed object.
+            (r#"{"id":8,"id":7,"result":{}}"#, Some(Answered::Result)),
+            (r#"{"id":7,"id":8,"result":{}}"#, None),
+            // Escaped member names are still names.
+            (r#"{"\u0069d":7,"r\u0065sult":"x"}"#, Some(Answered::Result)),
+        ] {
+            assert_eq!(answers(data, &id), want, "{data}");
+            let parsed = serde_json::from_str::<Value>(data).ok().filter(|m| {
+                m.get("id") == Some(&id) && (m.get("result").is_some() || m.get("error").is_some())
+            });
+            assert_eq!(parsed.is_some(), want.is_some(), "{data}");
+        }
+        assert_eq!(
+            answers(r#"{"id":"a-1","result":{}}"#, &json!("a-1")),
+            Some(Answered::Result)
         );
     }
 

@@ -89,6 +89,14 @@ struct Escaped<'a>(&'a mut String);
 
 impl std::fmt::Write for Escaped<'_> {
     fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        // Most text (ids, names) needs no escape: one pass without branches tells.
+        let plain = !text.bytes().fold(false, |any, b| {
+            any | (b < 0x20) | (b == b'"') | (b == b'\\')
+        });
+        if plain {
+            self.0.push_str(text);
+            return Ok(());
+        }
         // Runs that need no escape are copied whole.
         let mut start = 0;
         for (i, byte) in text.bytes().enumerate() {
