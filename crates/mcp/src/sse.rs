@@ -158,7 +158,16 @@ impl SseDecoder {
                     continue;
                 }
             }
-            match rest.iter().position(|&b| b == b'\n' || b == b'\r') {
+            match memchr::memchr2(b'\n', b'\r', rest) {
+                Some(end) if self.line.is_empty() => {
+                    // A whole line in this chunk: read in place, not copied.
+                    if self.pending_bytes() + end > self.max_event_bytes {
+                        return Err(self.fail());
+                    }
+                    self.after_cr = rest[end] == b'\r';
+                    self.process_line(&rest[..end]);
+                    rest = &rest[end + 1..];
+                }
                 Some(end) => {
                     self.append_line(&rest[..end])?;
                     self.after_cr = rest[end] == b'\r';

@@ -23,6 +23,9 @@ use tracing_subscriber::fmt::format::{FormatFields, Writer};
 #[derive(Debug, Default)]
 pub struct AppendJsonFields;
 
+/// The capacity a span's object has once a field is recorded after its creation.
+const OBJECT_CAPACITY: usize = 256;
+
 impl<'writer> FormatFields<'writer> for AppendJsonFields {
     fn format_fields<R: RecordFields>(
         &self,
@@ -41,6 +44,9 @@ impl<'writer> FormatFields<'writer> for AppendJsonFields {
         fields: &Record<'_>,
     ) -> std::fmt::Result {
         let object = &mut current.fields;
+        // Room for a request span's fields (three ids, the method, the tool, the decision) in
+        // one allocation: growing the string field by field was ~1.5 % of a proxied call.
+        object.reserve(OBJECT_CAPACITY.saturating_sub(object.len()));
         if object.is_empty() {
             object.push('{');
         } else if object.ends_with('}') {
