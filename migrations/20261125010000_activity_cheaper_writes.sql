@@ -13,6 +13,8 @@ ALTER TABLE activity_events DROP CONSTRAINT activity_events_org_fkey;
 -- key range, where B-tree page splits leave both halves half empty (PostgreSQL packs pages only
 -- on the rightmost split). Ascending, new events go to the right end: pages end 90 % full, the
 -- indexes are about half the size, and a backward scan reads them newest first as before.
+-- Building them blocks writes to the table for as long as it takes (seconds per million events);
+-- meanwhile the gateways' activity writers wait, and their queues (10,000 events each) fill.
 DROP INDEX activity_events_org_at_idx;
 DROP INDEX activity_events_org_server_idx;
 DROP INDEX activity_events_org_agent_idx;

@@ -224,6 +224,21 @@ async fn bad_input_gets_the_right_status_and_error() {
         post(&gw, key, None, huge.as_bytes()).await.status(),
         StatusCode::PAYLOAD_TOO_LARGE
     );
+    // The key-in-path route is bounded the same way, with the same JSON-RPC error.
+    let by_path = reqwest::Client::new()
+        .post(format!("{}/key/{}", gw.mcp_url(), gw.agent_key))
+        .header("accept", ACCEPT)
+        .header("content-type", "application/json")
+        .body(huge.clone())
+        .send()
+        .await
+        .unwrap();
+    let (status, code, message) = error_of(by_path).await;
+    assert_eq!(
+        (status, code),
+        (StatusCode::PAYLOAD_TOO_LARGE, -32600),
+        "{message}"
+    );
 
     let bad_origin = initialize_with(&gw, "origin", "https://evil.example.com").await;
     assert_eq!(bad_origin, StatusCode::FORBIDDEN);

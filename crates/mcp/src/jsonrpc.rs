@@ -281,6 +281,12 @@ pub enum Answered {
 /// an `error` member (an `error` wins), as `serde_json::from_str::<Value>` followed by `get`
 /// would say (the last of duplicate members counts), without building the message: a relay
 /// asks this of every event it passes on, and an answer's result can be large.
+///
+/// One difference: the values of other members (`result` and `error` included) are checked for
+/// JSON syntax but not built, so an answer holding what serde_json refuses to build (a lone
+/// UTF-16 surrogate escape, a number beyond `f64`, nesting deeper than 128) still counts as the
+/// answer. A relay passes it on as the upstream sent it and ends the client's stream, where
+/// failing to read it would leave the request unanswered.
 pub fn answers(data: &str, id: &Value) -> Option<Answered> {
     use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 
@@ -494,6 +500,26 @@ mod tests {
             answers(r#"{"id":"a-1","result":{}}"#, &json!("a-1")),
             Some(Answered::Result)
         );
+        // What serde_json would not build, inside an answer, still makes it the answer (see the
+        // doc comment); broken syntax does not.
+        let deep = format!(
+            r#"{{"id":7,"result":{}{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        for data in [
+            r#"{"id":7,"result":"\ud800"}"#,
+            r#"{"id":7,"result":1e400}"#,
+            deep.as_str(),
+        ] {
+            assert!(serde_json::from_str::<Value>(data).is_err(), "{data}");
+            assert_eq!(answers(data, &id), Some(Answered::Result), "{data}");
+        }
+        assert_eq!(
+            answers(r#"{"id":7,"error":{"message":"\udc00"}}"#, &id),
+            Some(Answered::Error)
+        );
+        assert_eq!(answers(r#"{"id":7,"result":[1,}"#, &id), None);
     }
 
     #[test]

@@ -464,6 +464,26 @@ mod tests {
     }
 
     #[test]
+    fn the_size_limit_falls_at_the_same_byte_however_the_stream_is_cut() {
+        // A line read in place (whole in its chunk) and one gathered across chunks are held
+        // to the same bound.
+        let input = b"data: 0123456789\ndata: 01234\n\ndata: x\n\n";
+        for limit in 10..40 {
+            let whole = {
+                let mut d = SseDecoder::new(limit);
+                let result = d.push(input);
+                (result, std::iter::from_fn(|| d.pop()).collect::<Vec<_>>())
+            };
+            for cut in 0..=input.len() {
+                let mut d = SseDecoder::new(limit);
+                let result = d.push(&input[..cut]).and_then(|()| d.push(&input[cut..]));
+                let events: Vec<_> = std::iter::from_fn(|| d.pop()).collect();
+                assert_eq!((result, events), whole, "limit {limit}, cut at {cut}");
+            }
+        }
+    }
+
+    #[test]
     fn one_endless_line_is_an_error_even_byte_by_byte() {
         let mut d = SseDecoder::new(64);
         let mut result = Ok(());

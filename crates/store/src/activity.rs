@@ -40,24 +40,19 @@ pub struct NewEvent {
 }
 
 /// Writes a batch of events in one statement (columns as arrays, unnested by PostgreSQL). The
-/// strings are borrowed, not copied; each row's argument keys are a slice of one array of all
-/// the batch's keys (an array of arrays of different lengths does not fit a PostgreSQL array),
-/// which PostgreSQL cuts without a subquery per row.
+/// strings are borrowed, not copied. An array of arrays of different lengths does not fit a
+/// PostgreSQL array, so each row's argument keys travel as the text of an array
+/// ([`array_literal`]), which PostgreSQL reads back as `text[]`.
 pub async fn insert_batch(pool: &PgPool, events: &[NewEvent]) -> Result<()> {
     if events.is_empty() {
         return Ok(());
     }
     let ids = |f: fn(&NewEvent) -> Option<Uuid>| events.iter().map(f).collect::<Vec<_>>();
     let text = |f: fn(&NewEvent) -> Option<&str>| events.iter().map(f).collect::<Vec<_>>();
-    let mut keys: Vec<&str> = Vec::new();
-    let mut keys_from: Vec<i32> = Vec::with_capacity(events.len());
-    let mut keys_to: Vec<i32> = Vec::with_capacity(events.len());
-    for e in events {
-        // 1-based and inclusive, as PostgreSQL slices: no keys is an empty slice [n+1:n].
-        keys_from.push(i32::try_from(keys.len() + 1).unwrap_or(i32::MAX));
-        keys.extend(e.argument_keys.iter().map(String::as_str));
-        keys_to.push(i32::try_from(keys.len()).unwrap_or(i32::MAX));
-    }
+    let keys: Vec<String> = events
+        .iter()
+        .map(|e| array_literal(&e.argument_keys))
+        .collect();
     let arguments: Vec<Option<Value>> = events.iter().map(|e| e.arguments.clone()).collect();
     let shadows: Vec<Option<Value>> = events.iter().map(|e| e.shadow.clone()).collect();
     sqlx::query!(
@@ -65,16 +60,16 @@ pub async fn insert_batch(pool: &PgPool, events: &[NewEvent]) -> Result<()> {
                method, tool, argument_keys, arguments, decision, rule, reason, policy_id,
                policy_version, latency_ms, upstream_status, policy_agent_id, shadow)
            SELECT u.id, u.org_id, u.at, u.server_id, u.agent_id, u.agent_name, u.session, u.method,
-                  u.tool, COALESCE(($21::text[])[u.keys_from:u.keys_to], '{}'), u.arguments,
-                  u.decision, u.rule, u.reason, u.policy_id, u.policy_version, u.latency_ms,
-                  u.upstream_status, u.policy_agent_id, u.shadow
+                  u.tool, u.keys::text[], u.arguments, u.decision, u.rule, u.reason,
+                  u.policy_id, u.policy_version, u.latency_ms, u.upstream_status,
+                  u.policy_agent_id, u.shadow
            FROM UNNEST($1::uuid[], $2::uuid[], $3::timestamptz[], $4::uuid[], $5::uuid[],
-                       $6::text[], $7::text[], $8::text[], $9::text[], $10::int4[], $11::jsonb[],
+                       $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::jsonb[],
                        $12::text[], $13::text[], $14::text[], $15::uuid[], $16::int4[],
-                       $17::float8[], $18::int4[], $19::uuid[], $20::jsonb[], $22::int4[])
+                       $17::float8[], $18::int4[], $19::uuid[], $20::jsonb[])
                 AS u(id, org_id, at, server_id, agent_id, agent_name, session, method, tool,
-                     keys_from, arguments, decision, rule, reason, policy_id, policy_version,
-                     latency_ms, upstream_status, policy_agent_id, shadow, keys_to)
+                     keys, arguments, decision, rule, reason, policy_id, policy_version,
+                     latency_ms, upstream_status, policy_agent_id, shadow)
            ON CONFLICT ON CONSTRAINT activity_events_pkey DO NOTHING"#,
         &events.iter().map(|e| e.id).collect::<Vec<_>>(),
         &events.iter().map(|e| e.org_id).collect::<Vec<_>>(),
@@ -85,7 +80,7 @@ pub async fn insert_batch(pool: &PgPool, events: &[NewEvent]) -> Result<()> {
         &text(|e| e.session.as_deref()) as &[Option<&str>],
         &events.iter().map(|e| e.method.as_str()).collect::<Vec<_>>() as &[&str],
         &text(|e| e.tool.as_deref()) as &[Option<&str>],
-        &keys_from,
+        &keys,
         &arguments as &[Option<Value>],
         &events
             .iter()
@@ -99,12 +94,34 @@ pub async fn insert_batch(pool: &PgPool, events: &[NewEvent]) -> Result<()> {
         &events.iter().map(|e| e.upstream_status).collect::<Vec<_>>() as &[Option<i32>],
         &ids(|e| e.policy_agent_id) as &[Option<Uuid>],
         &shadows as &[Option<Value>],
-        &keys as &[&str],
-        &keys_to,
     )
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// `keys` as the text of a PostgreSQL array: every element quoted, with `"` and `\` escaped,
+/// so any text (`NULL`, braces, commas, spaces) comes back as written. PostgreSQL reads it in
+/// one pass (a jsonb array per row, unpacked by a subquery, cost more; slices of one array of
+/// the batch's keys cost a walk from its start per row).
+pub fn array_literal(keys: &[String]) -> String {
+    let mut out = String::with_capacity(2 + keys.iter().map(|k| k.len() + 3).sum::<usize>());
+    out.push('{');
+    for (i, key) in keys.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        for c in key.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+    }
+    out.push('}');
+    out
 }
 
 /// An event as the activity API shows it.

@@ -72,28 +72,40 @@ async fn a_batch_is_written_in_one_statement_and_read_back_per_organization() {
     let b = activity::recent(&db.pool, orgs_ids[1], 10).await.unwrap();
     assert_eq!(b.len(), 1);
     assert_eq!(b[0].tool.as_deref(), Some("delete_repo"));
-    assert_eq!(
-        b[0].argument_keys,
-        ["name"],
-        "the third row's own slice of the keys"
-    );
+    assert_eq!(b[0].argument_keys, ["name"]);
 
-    // A batch without a single key, and keys PostgreSQL's array text would quote.
+    // A batch without a single key; rows without keys first and last; keys PostgreSQL's array
+    // text would otherwise read differently.
     activity::insert_batch(&db.pool, &[event(orgs_ids[1], Some("ping"), &[], "allow")])
         .await
         .unwrap();
+    let odd = [
+        "NULL",
+        "{a,b}",
+        "",
+        " padded ",
+        "back\\slash\\",
+        "quote\"",
+        "ünï,cödé",
+    ];
     activity::insert_batch(
         &db.pool,
-        &[event(
-            orgs_ids[1],
-            Some("x"),
-            &["NULL", "{a,b}", ""],
-            "allow",
-        )],
+        &[
+            event(orgs_ids[1], Some("first"), &[], "allow"),
+            event(orgs_ids[1], Some("x"), &odd, "allow"),
+            event(orgs_ids[1], Some("last"), &[], "allow"),
+        ],
     )
     .await
     .unwrap();
     let b = activity::recent(&db.pool, orgs_ids[1], 10).await.unwrap();
-    assert_eq!(b[0].argument_keys, ["NULL", "{a,b}", ""]);
-    assert!(b[1].argument_keys.is_empty());
+    let keys_of = |tool: &str| {
+        b.iter()
+            .find(|e| e.tool.as_deref() == Some(tool))
+            .map(|e| e.argument_keys.clone())
+            .unwrap()
+    };
+    assert_eq!(keys_of("x"), odd);
+    assert!(keys_of("first").is_empty() && keys_of("last").is_empty());
+    assert!(keys_of("ping").is_empty());
 }
