@@ -17,6 +17,12 @@
 //! database holding a 50-rule policy with globs and conditions. All three share the machine's
 //! cores; ratios within one run are what to compare. The paths run interleaved, one second
 //! each in turn (see [`run`]), so that the machine's drift over a run touches them alike.
+//!
+//! CPU per call is also reported, as it moves far less from run to run than latency and
+//! throughput: the CPU time of the gateway process (and of nginx) over its path's slices, and
+//! that of the PostgreSQL cluster's processes (the activity log) over the gateway's slices,
+//! divided by the calls of those slices (from `/proc`; PostgreSQL only on the embedded test
+//! cluster, not with `DATABASE_URL`).
 
 use std::time::{Duration, Instant};
 
@@ -65,6 +71,64 @@ struct Stats {
     p50: Duration,
     p99: Duration,
     errors: usize,
+    /// CPU per call of the path's own process (gateway, nginx), and of PostgreSQL.
+    own_cpu: Option<Duration>,
+    db_cpu: Option<Duration>,
+}
+
+/// CPU time (user and system, all threads) of process `pid` so far; zero once it is gone.
+fn cpu_of(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (in parentheses, which may hold spaces).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // utime and stime, fields 14 and 15 of the line (11 and 12 after the name), in the clock
+    // ticks of the kernel's user ABI (USER_HZ, 100 a second on Linux).
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
+/// The processes of the embedded test cluster (its postmaster and every child), when this run
+/// uses it.
+fn database_pids() -> Vec<u32> {
+    if std::env::var("DATABASE_URL").is_ok_and(|u| !u.is_empty()) {
+        return Vec::new();
+    }
+    let pidfile = portcullis_store::testing::shared_cluster_dir().join("pgdata/postmaster.pid");
+    let Some(postmaster) = std::fs::read_to_string(pidfile)
+        .ok()
+        .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
+    else {
+        return Vec::new();
+    };
+    let mut pids = vec![postmaster];
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let parent = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if parent == Some(postmaster) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn cpu_of_all(pids: &[u32]) -> Duration {
+    pids.iter().map(|&p| cpu_of(p)).sum()
 }
 
 /// One path to the upstream (direct, through the gateway, through nginx), with its own HTTP
@@ -78,6 +142,12 @@ struct Target {
     errors: usize,
     calls: usize,
     measured: Duration,
+    /// The path's own process (gateway, nginx), whose CPU time its slices count.
+    own: Option<u32>,
+    own_cpu: Duration,
+    /// Whether PostgreSQL's CPU time counts for this path (the gateway's activity log).
+    counts_db: bool,
+    db_cpu: Duration,
 }
 
 impl Target {
@@ -99,11 +169,29 @@ impl Target {
             errors: 0,
             calls: 0,
             measured: Duration::ZERO,
+            own: None,
+            own_cpu: Duration::ZERO,
+            counts_db: false,
+            db_cpu: Duration::ZERO,
         }
+    }
+
+    /// Counts `pid`'s CPU time in this path's slices, and PostgreSQL's with `db`.
+    fn with_cpu(mut self, pid: u32, db: bool) -> Target {
+        self.own = Some(pid);
+        self.counts_db = db;
+        self
     }
 
     /// Every worker calls in a closed loop for `length`; with `keep`, the slice counts.
     async fn slice(&mut self, length: Duration, keep: bool) {
+        let db_pids = if self.counts_db {
+            database_pids()
+        } else {
+            Vec::new()
+        };
+        let own_before = self.own.map(cpu_of).unwrap_or_default();
+        let db_before = cpu_of_all(&db_pids);
         let start = Instant::now();
         let deadline = start + length;
         let mut tasks = Vec::new();
@@ -161,6 +249,12 @@ impl Target {
             self.errors += errors;
             // Until the last call of the slice ended: every counted call is inside it.
             self.measured += start.elapsed();
+            self.own_cpu += self
+                .own
+                .map(cpu_of)
+                .unwrap_or_default()
+                .saturating_sub(own_before);
+            self.db_cpu += cpu_of_all(&db_pids).saturating_sub(db_before);
         }
     }
 
@@ -172,11 +266,14 @@ impl Target {
                 .copied()
                 .unwrap_or_default()
         };
+        let per_call = |cpu: Duration| cpu / u32::try_from(self.calls.max(1)).unwrap_or(u32::MAX);
         Stats {
             rps: self.calls as f64 / self.measured.as_secs_f64().max(f64::EPSILON),
             p50: pct(0.50),
             p99: pct(0.99),
             errors: self.errors,
+            own_cpu: self.own.map(|_| per_call(self.own_cpu)),
+            db_cpu: (self.counts_db && !database_pids().is_empty()).then(|| per_call(self.db_cpu)),
         }
     }
 }
@@ -292,10 +389,16 @@ async fn main() {
     for &c in &args.concurrency {
         let mut targets = vec![
             Target::open(&upstream.url, None, c).await,
-            Target::open(&gateway_url, Some(&seeded.agent_key), c).await,
+            Target::open(&gateway_url, Some(&seeded.agent_key), c)
+                .await
+                .with_cpu(child.id(), true),
         ];
         if let Some(n) = &nginx {
-            targets.push(Target::open(&n.url, None, c).await);
+            targets.push(
+                Target::open(&n.url, None, c)
+                    .await
+                    .with_cpu(n.child.id(), false),
+            );
         }
         let mut stats = run(&mut targets, args.seconds).await.into_iter();
         let direct = stats.next().expect("direct");
@@ -331,6 +434,20 @@ async fn main() {
                 added(h),
                 ratio(h)
             );
+        }
+        let us = |d: Option<Duration>| {
+            d.map_or("not measured".to_owned(), |d| {
+                format!("{:.0} µs", d.as_secs_f64() * 1e6)
+            })
+        };
+        print!(
+            "concurrency {c}: CPU per call: gateway process {}, PostgreSQL {}",
+            us(through.own_cpu),
+            us(through.db_cpu)
+        );
+        match hop {
+            Some(h) => println!(", nginx process {}", us(h.own_cpu)),
+            None => println!(),
         }
     }
     println!(
