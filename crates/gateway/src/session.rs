@@ -69,12 +69,7 @@ impl SessionSealer {
     }
 
     pub fn seal(&self, session: &Session) -> String {
-        let json = serde_json::to_vec(session).unwrap_or_default();
-        let sealed = self.sealer.seal(&json, AAD).unwrap_or_default();
-        format!(
-            "{PREFIX}{}",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sealed)
-        )
+        self.seal_value(PREFIX, AAD, session)
     }
 
     /// Seals any small value as a token `{prefix}{base64url}`, bound to `aad` (one per kind of
@@ -118,7 +113,7 @@ impl SessionSealer {
         if cached.is_some() {
             return cached;
         }
-        let session = Arc::new(self.open_sealed(token)?);
+        let session = Arc::new(self.open_value::<Session>(PREFIX, AAD, token)?);
         if token.len() <= OPENED_TOKEN_MAX {
             let mut opened = self.opened.lock().unwrap_or_else(|e| e.into_inner());
             if opened.len() >= OPENED_MAX {
@@ -127,18 +122,6 @@ impl SessionSealer {
             opened.insert(token.to_owned(), session.clone());
         }
         Some(session)
-    }
-
-    fn open_sealed(&self, token: &str) -> Option<Session> {
-        let body = token.strip_prefix(PREFIX)?;
-        if body.len() > 64 * 1024 {
-            return None;
-        }
-        let sealed = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(body)
-            .ok()?;
-        let json = self.sealer.open(&sealed, AAD)?;
-        serde_json::from_slice(&json).ok()
     }
 }
 

@@ -234,13 +234,7 @@ impl Request {
     /// The request as JSON (what [`Message::to_value`] gives for it, without copying the
     /// request first).
     pub fn to_value(&self) -> Value {
-        let mut obj = envelope();
-        obj.insert("id".into(), id_value(&self.id));
-        obj.insert("method".into(), Value::from(self.method.clone()));
-        if let Some(p) = &self.params {
-            obj.insert("params".into(), p.clone());
-        }
-        Value::Object(obj)
+        self.clone().into_value()
     }
 
     /// [`to_value`](Self::to_value), moving the params instead of copying them.
@@ -290,31 +284,14 @@ pub enum Answered {
 pub fn answers(data: &str, id: &Value) -> Option<Answered> {
     use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 
+    #[derive(Deserialize)]
+    #[serde(field_identifier, rename_all = "lowercase")]
     enum Member {
         Id,
         Result,
         Error,
+        #[serde(other)]
         Other,
-    }
-    impl<'de> Deserialize<'de> for Member {
-        fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct Name;
-            impl Visitor<'_> for Name {
-                type Value = Member;
-                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                    f.write_str("a member name")
-                }
-                fn visit_str<E: de::Error>(self, name: &str) -> Result<Member, E> {
-                    Ok(match name {
-                        "id" => Member::Id,
-                        "result" => Member::Result,
-                        "error" => Member::Error,
-                        _ => Member::Other,
-                    })
-                }
-            }
-            d.deserialize_identifier(Name)
-        }
     }
     /// The members that matter; anything but an object is not a message.
     struct Shape {
@@ -339,16 +316,10 @@ pub fn answers(data: &str, id: &Value) -> Option<Answered> {
                     while let Some(member) = map.next_key::<Member>()? {
                         match member {
                             Member::Id => shape.id = Some(map.next_value()?),
-                            Member::Result => {
+                            other => {
                                 map.next_value::<IgnoredAny>()?;
-                                shape.result = true;
-                            }
-                            Member::Error => {
-                                map.next_value::<IgnoredAny>()?;
-                                shape.error = true;
-                            }
-                            Member::Other => {
-                                map.next_value::<IgnoredAny>()?;
+                                shape.result |= matches!(other, Member::Result);
+                                shape.error |= matches!(other, Member::Error);
                             }
                         }
                     }

@@ -161,9 +161,7 @@ impl SseDecoder {
             match memchr::memchr2(b'\n', b'\r', rest) {
                 Some(end) if self.line.is_empty() => {
                     // A whole line in this chunk: read in place, not copied.
-                    if self.pending_bytes() + end > self.max_event_bytes {
-                        return Err(self.fail());
-                    }
+                    self.bound(end)?;
                     self.after_cr = rest[end] == b'\r';
                     self.process_line(&rest[..end]);
                     rest = &rest[end + 1..];
@@ -187,10 +185,17 @@ impl SseDecoder {
     }
 
     fn append_line(&mut self, part: &[u8]) -> Result<(), SseError> {
-        if self.pending_bytes() + self.line.len() + part.len() > self.max_event_bytes {
+        self.bound(part.len())?;
+        self.line.extend_from_slice(part);
+        Ok(())
+    }
+
+    /// An error once the current event, with the line being read and `more` bytes of it,
+    /// would be over the limit.
+    fn bound(&mut self, more: usize) -> Result<(), SseError> {
+        if self.pending_bytes() + self.line.len() + more > self.max_event_bytes {
             return Err(self.fail());
         }
-        self.line.extend_from_slice(part);
         Ok(())
     }
 

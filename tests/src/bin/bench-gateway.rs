@@ -76,14 +76,18 @@ struct Stats {
     db_cpu: Option<Duration>,
 }
 
+/// The fields of `/proc/PID/stat` after the command name (in parentheses, which may hold
+/// spaces): the state, then the parent's pid, …; empty once the process is gone.
+fn stat_fields(pid: u32) -> Vec<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
 /// CPU time (user and system, all threads) of process `pid` so far; zero once it is gone.
 fn cpu_of(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The fields after the command name (in parentheses, which may hold spaces).
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
+    let fields = stat_fields(pid);
     // utime and stime, fields 14 and 15 of the line (11 and 12 after the name), in the clock
     // ticks of the kernel's user ABI (USER_HZ, 100 a second on Linux).
     let ticks: u64 = [11, 12]
@@ -115,11 +119,7 @@ fn database_pids() -> Vec<u32> {
         else {
             continue;
         };
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let parent = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
+        let parent = stat_fields(pid).get(1).and_then(|p| p.parse::<u32>().ok());
         if parent == Some(postmaster) {
             pids.push(pid);
         }
@@ -147,7 +147,8 @@ struct Target {
     own_cpu: Duration,
     /// Whether PostgreSQL's CPU time counts for this path (the gateway's activity log).
     counts_db: bool,
-    db_cpu: Duration,
+    /// `None` until a slice has found the database's processes.
+    db_cpu: Option<Duration>,
 }
 
 impl Target {
@@ -172,7 +173,7 @@ impl Target {
             own: None,
             own_cpu: Duration::ZERO,
             counts_db: false,
-            db_cpu: Duration::ZERO,
+            db_cpu: None,
         }
     }
 
@@ -254,7 +255,10 @@ impl Target {
                 .map(cpu_of)
                 .unwrap_or_default()
                 .saturating_sub(own_before);
-            self.db_cpu += cpu_of_all(&db_pids).saturating_sub(db_before);
+            if !db_pids.is_empty() {
+                *self.db_cpu.get_or_insert_default() +=
+                    cpu_of_all(&db_pids).saturating_sub(db_before);
+            }
         }
     }
 
@@ -273,7 +277,7 @@ impl Target {
             p99: pct(0.99),
             errors: self.errors,
             own_cpu: self.own.map(|_| per_call(self.own_cpu)),
-            db_cpu: (self.counts_db && !database_pids().is_empty()).then(|| per_call(self.db_cpu)),
+            db_cpu: self.db_cpu.map(per_call),
         }
     }
 }
