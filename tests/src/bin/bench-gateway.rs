@@ -6,11 +6,18 @@
 //! target/release/bench-gateway --gateway-bin target/release/portcullis --seconds 10
 //! GATEWAY_TOKIO_WORKER_THREADS=1 target/release/bench-gateway ...   # settings for the gateway alone
 //! target/release/bench-gateway ... --nginx /usr/sbin/nginx   # also a bare nginx hop, for scale
+//! target/release/bench-gateway ... --bare-proxy   # also a bare axum + hyper hop, for scale
 //! ```
 //!
 //! With `--nginx`, a third path runs in the same run: the same upstream behind a plain nginx
 //! reverse proxy (one worker, keep-alive to the upstream, no buffering, no logging): what one
 //! HTTP hop costs on this machine, without any policy.
+//!
+//! With `--bare-proxy`, another path: the same upstream behind a proxy built like the gateway
+//! and doing nothing else (this binary, re-run as `bench-gateway --serve-bare-proxy ADDR`): one
+//! single-threaded runtime per core accepting on a shared socket, axum serving, hyper-util's
+//! pooled client per thread forwarding the request and streaming the answer back. What the
+//! gateway's stack costs before any of its own work.
 //!
 //! The upstream is the rmcp test server (its `echo` tool) in this process; the gateway is the
 //! real `portcullis gateway` binary in its own process (so its peak RSS can be read), on a fresh
@@ -35,6 +42,7 @@ struct Args {
     seconds: u64,
     concurrency: Vec<usize>,
     nginx: Option<String>,
+    bare_proxy: bool,
 }
 
 fn args() -> Args {
@@ -43,6 +51,7 @@ fn args() -> Args {
         seconds: 10,
         concurrency: vec![1, 32],
         nginx: None,
+        bare_proxy: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -60,6 +69,8 @@ fn args() -> Args {
                     .collect()
             }
             "--nginx" => args.nginx = Some(it.next().expect("--nginx PATH")),
+            "--bare-proxy" => args.bare_proxy = true,
+            "--serve-bare-proxy" => serve_bare_proxy(&it.next().expect("--serve-bare-proxy ADDR")),
             other => panic!("unknown argument {other}; see the file's doc comment"),
         }
     }
@@ -300,22 +311,8 @@ async fn run(targets: &mut [Target], seconds: u64) -> Vec<Stats> {
     targets.iter_mut().map(Target::stats).collect()
 }
 
-/// A plain nginx reverse proxy in front of `upstream` (see the module documentation); killed
-/// on drop.
-struct Nginx {
-    url: String,
-    child: std::process::Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
-    }
-}
-
-fn start_nginx(bin: &str, upstream: std::net::SocketAddr) -> Nginx {
+/// A plain nginx reverse proxy in front of `upstream` (see the module documentation).
+fn start_nginx(bin: &str, upstream: std::net::SocketAddr) -> Hop {
     let dir = tempfile::tempdir().expect("a temporary folder");
     let port = portcullis_tests::process::free_port();
     let d = dir.path().display();
@@ -358,11 +355,104 @@ http {{
         assert!(Instant::now() < deadline, "nginx did not listen on {port}");
         std::thread::sleep(Duration::from_millis(20));
     }
-    Nginx {
+    Hop {
         url: format!("http://127.0.0.1:{port}/mcp"),
         child,
-        _dir: dir,
+        _dir: Some(dir),
     }
+}
+
+/// A child process (killed on drop) serving a path: nginx, or this binary as a bare proxy.
+struct Hop {
+    url: String,
+    child: std::process::Child,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Hop {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+/// Starts this binary as a bare proxy in front of `upstream`, and reads the address it
+/// listens on from its first line of output.
+fn start_bare_proxy(upstream: std::net::SocketAddr) -> Hop {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().expect("this binary"))
+        .args(["--serve-bare-proxy", &upstream.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the bare proxy starts");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("its output"))
+        .read_line(&mut line)
+        .expect("the bare proxy says where it listens");
+    Hop {
+        url: format!("http://{}/mcp", line.trim()),
+        child,
+        _dir: None,
+    }
+}
+
+/// The bare proxy (see the module documentation): serves until killed.
+fn serve_bare_proxy(upstream: &str) -> ! {
+    use axum::extract::Request;
+    use axum::response::IntoResponse;
+    use axum::serve::ListenerExt;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    listener
+        .set_nonblocking(true)
+        .expect("a non-blocking socket");
+    println!("{}", listener.local_addr().expect("its address"));
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let listener = listener.try_clone().expect("a shared socket");
+            let base = format!("http://{upstream}");
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime");
+                runtime.block_on(async move {
+                    let client =
+                        Client::builder(TokioExecutor::new()).build_http::<axum::body::Body>();
+                    let app = axum::Router::new().fallback(move |request: Request| {
+                        let client = client.clone();
+                        let uri = format!(
+                            "{base}{}",
+                            request.uri().path_and_query().map_or("/", |p| p.as_str())
+                        );
+                        async move {
+                            let (mut parts, body) = request.into_parts();
+                            parts.uri = uri.parse().expect("an upstream URI");
+                            // As nginx's `proxy_set_header Host`: the client sets the upstream's.
+                            parts.headers.remove(axum::http::header::HOST);
+                            match client.request(Request::from_parts(parts, body)).await {
+                                Ok(answer) => answer.map(axum::body::Body::new),
+                                Err(_) => axum::http::StatusCode::BAD_GATEWAY.into_response(),
+                            }
+                        }
+                    });
+                    let listener =
+                        tokio::net::TcpListener::from_std(listener).expect("a tokio socket");
+                    let listener = listener.tap_io(|tcp| {
+                        let _ = tcp.set_nodelay(true);
+                    });
+                    axum::serve(listener, app).await.expect("serving");
+                });
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.join().ok();
+    }
+    std::process::exit(1)
 }
 
 #[tokio::main]
@@ -378,10 +468,22 @@ async fn main() {
     let (mut child, listen) =
         portcullis_tests::bench::spawn_gateway(&args.gateway_bin, &seeded.db.url());
     let gateway_url = format!("http://{listen}/mcp/{}", seeded.server_id);
-    let nginx = args
-        .nginx
-        .as_deref()
-        .map(|bin| start_nginx(bin, upstream.addr));
+    // Paths without policy, for scale: (name in the table, name in the summary, process).
+    let mut hops = Vec::new();
+    if let Some(bin) = &args.nginx {
+        hops.push((
+            "nginx hop",
+            "a bare nginx hop",
+            start_nginx(bin, upstream.addr),
+        ));
+    }
+    if args.bare_proxy {
+        hops.push((
+            "bare proxy",
+            "a bare axum + hyper hop",
+            start_bare_proxy(upstream.addr),
+        ));
+    }
 
     println!(
         "policy: {rules} tool rules + 2 hide globs; per path {} s in 1 s slices interleaved with the others, after a 1 s warm-up\n",
@@ -397,22 +499,18 @@ async fn main() {
                 .await
                 .with_cpu(child.id(), true),
         ];
-        if let Some(n) = &nginx {
+        for (_, _, hop) in &hops {
             targets.push(
-                Target::open(&n.url, None, c)
+                Target::open(&hop.url, None, c)
                     .await
-                    .with_cpu(n.child.id(), false),
+                    .with_cpu(hop.child.id(), false),
             );
         }
-        let mut stats = run(&mut targets, args.seconds).await.into_iter();
-        let direct = stats.next().expect("direct");
-        let through = stats.next().expect("gateway");
-        let hop = stats.next();
-        let mut rows = vec![("direct", &direct), ("gateway", &through)];
-        if let Some(h) = &hop {
-            rows.push(("nginx hop", h));
-        }
-        for (name, s) in rows {
+        let stats = run(&mut targets, args.seconds).await;
+        let names = ["direct", "gateway"]
+            .into_iter()
+            .chain(hops.iter().map(|(name, _, _)| *name));
+        for (name, s) in names.zip(&stats) {
             println!(
                 "| {c} | {name} | {:.0} | {:.0} µs | {:.0} µs | {} |",
                 s.rps,
@@ -421,10 +519,18 @@ async fn main() {
                 s.errors
             );
         }
-        summary.push((c, direct, through, hop));
+        summary.push((c, stats));
     }
     println!();
-    for (c, direct, through, hop) in &summary {
+    let us = |d: Option<Duration>| {
+        d.map_or("not measured".to_owned(), |d| {
+            format!("{:.0} µs", d.as_secs_f64() * 1e6)
+        })
+    };
+    for (c, stats) in &summary {
+        let [direct, through, others @ ..] = stats.as_slice() else {
+            unreachable!("direct and gateway are always measured")
+        };
         let added = |s: &Stats| (s.p50.as_secs_f64() - direct.p50.as_secs_f64()) * 1e6;
         let ratio = |s: &Stats| 100.0 * s.rps / direct.rps.max(1.0);
         println!(
@@ -432,27 +538,22 @@ async fn main() {
             added(through),
             ratio(through)
         );
-        if let Some(h) = hop {
+        for ((_, name, _), h) in hops.iter().zip(others) {
             println!(
-                "concurrency {c}: a bare nginx hop adds {:.0} µs at p50, {:.0}% of direct throughput",
+                "concurrency {c}: {name} adds {:.0} µs at p50, {:.0}% of direct throughput",
                 added(h),
                 ratio(h)
             );
         }
-        let us = |d: Option<Duration>| {
-            d.map_or("not measured".to_owned(), |d| {
-                format!("{:.0} µs", d.as_secs_f64() * 1e6)
-            })
-        };
         print!(
             "concurrency {c}: CPU per call: gateway process {}, PostgreSQL {}",
             us(through.own_cpu),
             us(through.db_cpu)
         );
-        match hop {
-            Some(h) => println!(", nginx process {}", us(h.own_cpu)),
-            None => println!(),
+        for ((name, _, _), h) in hops.iter().zip(others) {
+            print!(", {name} process {}", us(h.own_cpu));
         }
+        println!();
     }
     println!(
         "gateway peak RSS: {:.1} MiB",
