@@ -497,9 +497,9 @@ pub async fn post(
         tool = tracing::field::Empty,
         decision = tracing::field::Empty,
     );
-    post_in_span(gw, server, headers, body)
-        .instrument(span)
-        .await
+    // Boxed: the request's future is large (every state of the call), and the router's layers
+    // move the handler's future by value before polling it; a box moves as a pointer.
+    Box::pin(post_in_span(gw, server, headers, body).instrument(span)).await
 }
 
 async fn post_in_span(
