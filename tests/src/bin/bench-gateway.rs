@@ -15,9 +15,10 @@
 //!
 //! With `--bare-proxy`, another path: the same upstream behind a proxy built like the gateway
 //! and doing nothing else (this binary, re-run as `bench-gateway --serve-bare-proxy ADDR`): one
-//! single-threaded runtime per core accepting on a shared socket, axum serving, hyper-util's
-//! pooled client per thread forwarding the request and streaming the answer back. What the
-//! gateway's stack costs before any of its own work.
+//! single-threaded runtime per core accepting on a shared socket, axum serving, the request
+//! read whole and forwarded by hyper-util's pooled client of that thread, the answer streamed
+//! back, `TCP_NODELAY` on both sides (all as the gateway does). What the gateway's stack costs
+//! before any of its own work.
 //!
 //! The upstream is the rmcp test server (its `echo` tool) in this process; the gateway is the
 //! real `portcullis gateway` binary in its own process (so its peak RSS can be read), on a fresh
@@ -70,7 +71,6 @@ fn args() -> Args {
             }
             "--nginx" => args.nginx = Some(it.next().expect("--nginx PATH")),
             "--bare-proxy" => args.bare_proxy = true,
-            "--serve-bare-proxy" => serve_bare_proxy(&it.next().expect("--serve-bare-proxy ADDR")),
             other => panic!("unknown argument {other}; see the file's doc comment"),
         }
     }
@@ -380,20 +380,27 @@ impl Drop for Hop {
 /// listens on from its first line of output.
 fn start_bare_proxy(upstream: std::net::SocketAddr) -> Hop {
     use std::io::BufRead;
-    let mut child = std::process::Command::new(std::env::current_exe().expect("this binary"))
+    let child = std::process::Command::new(std::env::current_exe().expect("this binary"))
         .args(["--serve-bare-proxy", &upstream.to_string()])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("the bare proxy starts");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().expect("its output"))
-        .read_line(&mut line)
-        .expect("the bare proxy says where it listens");
-    Hop {
-        url: format!("http://{}/mcp", line.trim()),
+    // Held from here: a failure below kills the child on drop.
+    let mut hop = Hop {
+        url: String::new(),
         child,
         _dir: None,
-    }
+    };
+    let mut line = String::new();
+    std::io::BufReader::new(hop.child.stdout.take().expect("its output"))
+        .read_line(&mut line)
+        .expect("the bare proxy's output");
+    let listen: std::net::SocketAddr = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("the bare proxy did not say where it listens: {line:?}"));
+    hop.url = format!("http://{listen}/mcp");
+    hop
 }
 
 /// The bare proxy (see the module documentation): serves until killed.
@@ -402,6 +409,7 @@ fn serve_bare_proxy(upstream: &str) -> ! {
     use axum::response::IntoResponse;
     use axum::serve::ListenerExt;
     use hyper_util::client::legacy::Client;
+    use hyper_util::client::legacy::connect::HttpConnector;
     use hyper_util::rt::TokioExecutor;
 
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
@@ -420,8 +428,11 @@ fn serve_bare_proxy(upstream: &str) -> ! {
                     .build()
                     .expect("a runtime");
                 runtime.block_on(async move {
-                    let client =
-                        Client::builder(TokioExecutor::new()).build_http::<axum::body::Body>();
+                    // As the gateway's upstream client: no Nagle delay on its connections.
+                    let mut connector = HttpConnector::new();
+                    connector.set_nodelay(true);
+                    let client = Client::builder(TokioExecutor::new())
+                        .build::<_, axum::body::Body>(connector);
                     let app = axum::Router::new().fallback(move |request: Request| {
                         let client = client.clone();
                         let uri = format!(
@@ -430,9 +441,15 @@ fn serve_bare_proxy(upstream: &str) -> ! {
                         );
                         async move {
                             let (mut parts, body) = request.into_parts();
+                            // Read whole, as the gateway does: headers and body go out in one
+                            // write.
+                            let Ok(body) = axum::body::to_bytes(body, 4 << 20).await else {
+                                return axum::http::StatusCode::BAD_REQUEST.into_response();
+                            };
                             parts.uri = uri.parse().expect("an upstream URI");
                             // As nginx's `proxy_set_header Host`: the client sets the upstream's.
                             parts.headers.remove(axum::http::header::HOST);
+                            let body = axum::body::Body::from(body);
                             match client.request(Request::from_parts(parts, body)).await {
                                 Ok(answer) => answer.map(axum::body::Body::new),
                                 Err(_) => axum::http::StatusCode::BAD_GATEWAY.into_response(),
@@ -455,9 +472,19 @@ fn serve_bare_proxy(upstream: &str) -> ! {
     std::process::exit(1)
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // The bare proxy is this binary re-run; it starts its own runtimes, and no other.
+    let mut argv = std::env::args().skip(1);
+    if argv.next().as_deref() == Some("--serve-bare-proxy") {
+        serve_bare_proxy(&argv.next().expect("--serve-bare-proxy ADDR"));
+    }
     let args = args();
+    tokio::runtime::Runtime::new()
+        .expect("a runtime")
+        .block_on(bench(args));
+}
+
+async fn bench(args: Args) {
     // reqwest is built without a default crypto provider in this workspace.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let upstream = TestUpstream::start().await;
