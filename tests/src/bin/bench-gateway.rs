@@ -356,14 +356,20 @@ http {{
         std::thread::sleep(Duration::from_millis(20));
     }
     Hop {
+        name: "nginx hop",
+        summary: "a bare nginx hop",
         url: format!("http://127.0.0.1:{port}/mcp"),
         child,
         _dir: Some(dir),
     }
 }
 
-/// A child process (killed on drop) serving a path: nginx, or this binary as a bare proxy.
+/// A child process (killed on drop) serving a path without policy, for scale: nginx, or this
+/// binary as a bare proxy.
 struct Hop {
+    /// Its name in the table, and in the summary.
+    name: &'static str,
+    summary: &'static str,
     url: String,
     child: std::process::Child,
     _dir: Option<tempfile::TempDir>,
@@ -387,6 +393,8 @@ fn start_bare_proxy(upstream: std::net::SocketAddr) -> Hop {
         .expect("the bare proxy starts");
     // Held from here: a failure below kills the child on drop.
     let mut hop = Hop {
+        name: "bare proxy",
+        summary: "a bare axum + hyper hop",
         url: String::new(),
         child,
         _dir: None,
@@ -495,21 +503,12 @@ async fn bench(args: Args) {
     let (mut child, listen) =
         portcullis_tests::bench::spawn_gateway(&args.gateway_bin, &seeded.db.url());
     let gateway_url = format!("http://{listen}/mcp/{}", seeded.server_id);
-    // Paths without policy, for scale: (name in the table, name in the summary, process).
     let mut hops = Vec::new();
     if let Some(bin) = &args.nginx {
-        hops.push((
-            "nginx hop",
-            "a bare nginx hop",
-            start_nginx(bin, upstream.addr),
-        ));
+        hops.push(start_nginx(bin, upstream.addr));
     }
     if args.bare_proxy {
-        hops.push((
-            "bare proxy",
-            "a bare axum + hyper hop",
-            start_bare_proxy(upstream.addr),
-        ));
+        hops.push(start_bare_proxy(upstream.addr));
     }
 
     println!(
@@ -526,7 +525,7 @@ async fn bench(args: Args) {
                 .await
                 .with_cpu(child.id(), true),
         ];
-        for (_, _, hop) in &hops {
+        for hop in &hops {
             targets.push(
                 Target::open(&hop.url, None, c)
                     .await
@@ -536,7 +535,7 @@ async fn bench(args: Args) {
         let stats = run(&mut targets, args.seconds).await;
         let names = ["direct", "gateway"]
             .into_iter()
-            .chain(hops.iter().map(|(name, _, _)| *name));
+            .chain(hops.iter().map(|hop| hop.name));
         for (name, s) in names.zip(&stats) {
             println!(
                 "| {c} | {name} | {:.0} | {:.0} µs | {:.0} µs | {} |",
@@ -565,9 +564,10 @@ async fn bench(args: Args) {
             added(through),
             ratio(through)
         );
-        for ((_, name, _), h) in hops.iter().zip(others) {
+        for (hop, h) in hops.iter().zip(others) {
             println!(
-                "concurrency {c}: {name} adds {:.0} µs at p50, {:.0}% of direct throughput",
+                "concurrency {c}: {} adds {:.0} µs at p50, {:.0}% of direct throughput",
+                hop.summary,
                 added(h),
                 ratio(h)
             );
@@ -577,8 +577,8 @@ async fn bench(args: Args) {
             us(through.own_cpu),
             us(through.db_cpu)
         );
-        for ((name, _, _), h) in hops.iter().zip(others) {
-            print!(", {name} process {}", us(h.own_cpu));
+        for (hop, h) in hops.iter().zip(others) {
+            print!(", {} process {}", hop.name, us(h.own_cpu));
         }
         println!();
     }
